@@ -1,0 +1,34 @@
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint format proto bench clean
+
+$(BIN)/workflowd: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/workflowd  ## virtual environment with the package and its test tools
+
+demo: install  ## the main job: two agents hash two real trees, the coordinator compares them
+	PATH=$(abspath $(BIN)):$$PATH bash examples/provenance-demo.sh
+
+test: install  ## the whole test suite
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+proto: install  ## regenerate workflowd/rpc from proto/
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. \
+		--grpc_python_out=. proto/workflowd/rpc/workflow.proto
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A running workflowd on a free loopback port with its own SQLite file; no agents yet."""
+    cluster = Cluster(tmp_path)
+    cluster.start_daemon()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def write_flow(tmp_path: Path):
+    """Write a workflow definition to a file and return its path."""
+    counter = iter(range(1_000_000))
+
+    def write(text: str, name: str = "") -> Path:
+        path = tmp_path / (name or f"flow-{next(counter)}.yaml")
+        path.write_text(text)
+        return path
+
+    return write

@@ -1,0 +1,1 @@
+"""workflow-agent: runs workflow steps on a remote host for workflowd."""

@@ -1,0 +1,130 @@
+"""`workflow-agent`: connects to workflowd and runs the steps it is given."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from pathlib import Path
+
+import click
+import structlog
+import uvloop
+
+from workflow_agent.agent import Agent
+from workflowd import DEFAULT_ADDRESS, __version__, logs
+from workflowd.tasks import load_plugins
+
+log = structlog.get_logger()
+
+
+def _labels(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    labels = {}
+    for value in values:
+        key, sep, label = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE")
+        labels[key] = label
+    return labels
+
+
+def _default_work_dir() -> Path:
+    base = os.environ.get("STATE_DIRECTORY")
+    return Path(base) if base else Path.home() / ".local" / "state" / "workflow-agent"
+
+
+async def _serve(agent: Agent) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = asyncio.create_task(agent.run())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    await agent.stop()
+    await runner
+    log.info("agent_stopped", agent=agent.name)
+
+
+@click.command(context_settings={"show_default": True})
+@click.option(
+    "--coordinator",
+    default=DEFAULT_ADDRESS,
+    envvar="WORKFLOW_COORDINATOR",
+    show_envvar=True,
+    help="HOST:PORT of workflowd.",
+)
+@click.option(
+    "--name",
+    default=socket.gethostname,
+    show_default="the host name",
+    envvar="WORKFLOW_AGENT_NAME",
+    show_envvar=True,
+    help="The name steps address this agent by.",
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    callback=_labels,
+    envvar="WORKFLOW_AGENT_LABELS",
+    show_envvar=True,
+    help="KEY=VALUE, repeatable; steps can select agents by label.",
+)
+@click.option(
+    "--allow",
+    multiple=True,
+    default=["*"],
+    envvar="WORKFLOW_AGENT_ALLOW",
+    show_envvar=True,
+    help="Glob of task plugins this agent may run, repeatable.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=_default_work_dir,
+    show_default="$STATE_DIRECTORY, else ~/.local/state/workflow-agent",
+    envvar="WORKFLOW_AGENT_WORK_DIR",
+    show_envvar=True,
+    help="Where steps get their scratch directories.",
+)
+@click.option(
+    "--grace", "grace_s", default=30.0, help="Seconds running steps get to finish on SIGTERM."
+)
+@click.option(
+    "--log-level",
+    default="info",
+    envvar="WORKFLOW_AGENT_LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.version_option(__version__)
+def main(
+    coordinator: str,
+    name: str,
+    labels: dict[str, str],
+    allow: tuple[str, ...],
+    work_dir: Path,
+    grace_s: float,
+    log_level: str,
+) -> None:
+    """Run workflow steps on this host for a workflowd coordinator."""
+    logs.configure(log_level)
+    plugins = load_plugins(allow)
+    log.info(
+        "agent_starting",
+        agent=name,
+        coordinator=coordinator,
+        labels=labels,
+        plugins=sorted(plugins),
+    )
+    agent = Agent(coordinator, name, labels, plugins, work_dir, grace_s)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(_serve(agent))
+
+
+if __name__ == "__main__":
+    main()

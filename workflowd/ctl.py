@@ -1,0 +1,333 @@
+"""`workflowctl`: submit, follow and inspect workflow runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from workflowd import DEFAULT_ADDRESS, events
+from workflowd.grpc_options import CHANNEL_OPTIONS
+from workflowd.render import LivePrinter, PlainPrinter, summarize_outputs
+from workflowd.rpc import workflow_pb2 as pb
+from workflowd.rpc import workflow_pb2_grpc as rpc
+
+# exit codes
+OK, RUN_FAILED, USAGE, NOT_FOUND, UNREACHABLE = 0, 1, 2, 3, 4
+
+
+class Client:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.control = rpc.ControlServiceStub(self.channel)
+
+    def call(self, method: str, request: Any, timeout_s: float = 30.0) -> Any:
+        try:
+            return getattr(self.control, method)(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            self.fail(exc)
+
+    def fail(self, exc: grpc.RpcError) -> NoReturn:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            click.echo(
+                f"error: cannot reach workflowd at {self.address}: is it running? "
+                "(set --coordinator or WORKFLOW_COORDINATOR)",
+                err=True,
+            )
+            sys.exit(UNREACHABLE)
+        if code == grpc.StatusCode.NOT_FOUND:
+            click.echo(f"error: {exc.details()}", err=True)
+            sys.exit(NOT_FOUND)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            click.echo(exc.details(), err=True)
+            sys.exit(RUN_FAILED)
+        click.echo(f"error: {code.name}: {exc.details()}", err=True)
+        sys.exit(UNREACHABLE)
+
+
+def _inputs(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    inputs = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE")
+        inputs[key] = text
+    return inputs
+
+
+def _source(path: Path) -> pb.DefinitionSource:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.FileError(str(path), hint=str(exc)) from None
+    return pb.DefinitionSource(yaml=text, filename=str(path))
+
+
+def _event_dict(event: pb.Event) -> dict[str, Any]:
+    return {
+        "run_id": event.run_id,
+        "seq": event.seq,
+        "time_ms": event.time_ms,
+        "type": event.type,
+        "step_id": event.step_id,
+        "attempt": event.attempt,
+        "agent": event.agent,
+        "data": json.loads(event.data_json or "{}"),
+    }
+
+
+def _stream(client: Client, run_id: str, follow: bool) -> Iterator[dict[str, Any]]:
+    try:
+        for event in client.control.Tail(pb.TailRequest(run_id=run_id, follow=follow)):
+            yield _event_dict(event)
+    except grpc.RpcError as exc:
+        client.fail(exc)
+
+
+def follow_run(client: Client, run_id: str, as_json: bool) -> int:
+    """Print a run's history, then its live events; the exit code says how it ended."""
+    console = Console(highlight=False, soft_wrap=True)
+    printer = (
+        None
+        if as_json
+        else (LivePrinter(console) if console.is_terminal else PlainPrinter(console))
+    )
+    final = ""
+    try:
+        for event in _stream(client, run_id, follow=True):
+            if event["type"] in events.RUN_TERMINAL_EVENTS:
+                final = event["type"]
+            if printer is None:
+                click.echo(json.dumps(event))
+            else:
+                printer.handle(event)
+    finally:
+        if printer is not None:
+            printer.close()
+    return OK if final == events.RUN_SUCCEEDED else RUN_FAILED
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--coordinator",
+    default=DEFAULT_ADDRESS,
+    envvar="WORKFLOW_COORDINATOR",
+    show_envvar=True,
+    show_default=True,
+    help="HOST:PORT of workflowd.",
+)
+@click.pass_context
+def main(ctx: click.Context, coordinator: str) -> None:
+    """Submit, follow and inspect workflow runs.
+
+    Exit codes: 0 success, 1 run failed or definition refused, 2 usage,
+    3 unknown run, 4 workflowd unreachable.
+    """
+    ctx.obj = Client(coordinator)
+
+
+@main.command()
+@click.argument("flow", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--input", "-i", "inputs", multiple=True, callback=_inputs, help="KEY=VALUE, repeatable."
+)
+@click.option(
+    "--key", default="", help="Idempotency key: a second submit with it returns the same run."
+)
+@click.option(
+    "--follow", "-f", is_flag=True, help="Tail the run until it ends; exit with its outcome."
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines when following.")
+@click.pass_obj
+def submit(
+    client: Client, flow: Path, inputs: dict[str, str], key: str, follow: bool, as_json: bool
+) -> None:
+    """Check FLOW and start a run of it; print the run id."""
+    response = client.call(
+        "Submit", pb.SubmitRequest(source=_source(flow), inputs=inputs, idempotency_key=key)
+    )
+    click.echo(response.run_id)
+    if response.existing:
+        click.echo(f"(an earlier run holds key {key!r}; that run is returned)", err=True)
+    if follow:
+        sys.exit(follow_run(client, response.run_id, as_json))
+
+
+@main.command()
+@click.argument("flow", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--input", "-i", "inputs", multiple=True, callback=_inputs, help="KEY=VALUE, repeatable."
+)
+@click.pass_obj
+def validate(client: Client, flow: Path, inputs: dict[str, str]) -> None:
+    """Check FLOW as submit would, without starting anything."""
+    response = client.call("Validate", pb.ValidateRequest(source=_source(flow), inputs=inputs))
+    if response.issues:
+        for issue in response.issues:
+            place = (
+                f"{issue.filename}:{issue.line}:{issue.column}" if issue.line else issue.filename
+            )
+            field = f" {issue.field}:" if issue.field else ""
+            click.echo(f"{place}:{field} {issue.message}", err=True)
+        sys.exit(RUN_FAILED)
+    click.echo(f"{flow}: valid workflow {response.name!r} with {len(response.step_ids)} steps")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.pass_obj
+def tail(client: Client, run_id: str, as_json: bool) -> None:
+    """Show a run's history from the start, then follow it live until it ends."""
+    sys.exit(follow_run(client, run_id, as_json))
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else ""
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(client: Client, run_id: str, as_json: bool) -> None:
+    """Show a run and each of its steps."""
+    run = client.call("GetRun", pb.GetRunRequest(run_id=run_id))
+    if as_json:
+        steps = [
+            {
+                "step_id": s.step_id,
+                "task": s.task,
+                "target": s.target,
+                "status": s.status,
+                "attempt": s.attempt,
+                "agent": s.agent,
+                "waiting_reason": s.waiting_reason,
+                "error": s.error,
+                "outputs": json.loads(s.outputs_json) if s.outputs_json else None,
+                "started_ms": s.started_ms,
+                "finished_ms": s.finished_ms,
+            }
+            for s in run.steps
+        ]
+        click.echo(
+            json.dumps(
+                {
+                    "run_id": run.summary.run_id,
+                    "name": run.summary.name,
+                    "status": run.summary.status,
+                    "created_ms": run.summary.created_ms,
+                    "updated_ms": run.summary.updated_ms,
+                    "inputs": json.loads(run.inputs_json),
+                    "error": run.error,
+                    "steps": steps,
+                }
+            )
+        )
+        return
+    console = Console(highlight=False)
+    console.print(f"run {run.summary.run_id}  {run.summary.name}  [bold]{run.summary.status}[/]")
+    console.print(
+        f"created {_when(run.summary.created_ms)}, updated {_when(run.summary.updated_ms)}"
+    )
+    table = Table(box=None, pad_edge=False)
+    for column in ("step", "task", "where", "status", "attempt", "detail"):
+        table.add_column(column)
+    for step in run.steps:
+        detail = (
+            step.waiting_reason or step.error.splitlines()[0]
+            if (step.waiting_reason or step.error)
+            else ""
+        )
+        if not detail and step.outputs_json:
+            detail = summarize_outputs(json.loads(step.outputs_json))
+        where = step.agent or step.target
+        table.add_row(step.step_id, step.task, where, step.status, str(step.attempt or ""), detail)
+    console.print(table)
+    if run.error:
+        console.print(f"[red]error:[/] {run.error}", markup=True)
+
+
+@main.command(name="list")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def list_runs(client: Client, limit: int, as_json: bool) -> None:
+    """Recent runs, newest first."""
+    runs = client.call("ListRuns", pb.ListRunsRequest(limit=limit)).runs
+    if as_json:
+        for run in runs:
+            click.echo(
+                json.dumps(
+                    {
+                        "run_id": run.run_id,
+                        "name": run.name,
+                        "status": run.status,
+                        "created_ms": run.created_ms,
+                        "updated_ms": run.updated_ms,
+                    }
+                )
+            )
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("run", "workflow", "status", "created", "updated"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            run.run_id, run.name, run.status, _when(run.created_ms), _when(run.updated_ms)
+        )
+    Console(highlight=False).print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def agents(client: Client, as_json: bool) -> None:
+    """Agents known to the coordinator, connected or not."""
+    found = client.call("ListAgents", pb.ListAgentsRequest()).agents
+    if as_json:
+        for agent in found:
+            click.echo(
+                json.dumps(
+                    {
+                        "name": agent.name,
+                        "labels": dict(agent.labels),
+                        "plugins": list(agent.plugins),
+                        "connected": agent.connected,
+                        "last_seen_ms": agent.last_seen_ms,
+                        "version": agent.version,
+                        "running": agent.running,
+                    }
+                )
+            )
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("agent", "state", "labels", "running", "last seen", "plugins"):
+        table.add_column(column)
+    for agent in found:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(agent.labels.items()))
+        table.add_row(
+            agent.name,
+            "connected" if agent.connected else "gone",
+            labels,
+            str(agent.running),
+            _when(agent.last_seen_ms),
+            " ".join(agent.plugins),
+        )
+    Console(highlight=False).print(table)
+
+
+if __name__ == "__main__":
+    main()

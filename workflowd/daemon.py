@@ -1,0 +1,108 @@
+"""`workflowd`: the coordinator daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import click
+import structlog
+import uvloop
+from grpc_health.v1 import health_pb2
+
+from workflowd import DEFAULT_ADDRESS, __version__, logs
+from workflowd.coordinator import Coordinator
+from workflowd.errors import WorkflowError
+from workflowd.server import build_server
+from workflowd.store import open_store
+from workflowd.tasks import load_plugins
+
+log = structlog.get_logger()
+
+
+def default_store() -> str:
+    """$STATE_DIRECTORY under systemd, else the user's state directory."""
+    base = os.environ.get("STATE_DIRECTORY") or os.environ.get("XDG_STATE_HOME")
+    root = Path(base) if base else Path.home() / ".local" / "state"
+    if not os.environ.get("STATE_DIRECTORY"):
+        root = root / "workflowd"
+    return f"sqlite://{root / 'workflowd.db'}"
+
+
+async def serve(listen: str, store_uri: str) -> None:
+    store = open_store(store_uri)
+    try:
+        await store.open()
+    except WorkflowError as exc:
+        raise click.ClickException(str(exc)) from None
+    coordinator = Coordinator(store, load_plugins())
+    server, health = build_server(coordinator)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        await store.close()
+        raise click.ClickException(f"cannot listen on {listen}: {exc}") from None
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    await server.start()
+    await coordinator.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "workflowd_started",
+        listen=listen,
+        port=port,
+        store=store_uri,
+        plugins=sorted(coordinator.plugins),
+        version=__version__,
+    )
+
+    await stopping.wait()
+    log.info("workflowd_stopping")
+    await health.enter_graceful_shutdown()
+    await coordinator.stop()
+    await server.stop(grace=5)
+    await store.close()
+    log.info("workflowd_stopped")
+
+
+@click.command(context_settings={"show_default": True})
+@click.option(
+    "--listen",
+    default=DEFAULT_ADDRESS,
+    envvar="WORKFLOWD_LISTEN",
+    show_envvar=True,
+    help="HOST:PORT to serve agents and workflowctl on.",
+)
+@click.option(
+    "--store",
+    "store_uri",
+    envvar="WORKFLOWD_STORE",
+    show_envvar=True,
+    default=default_store,
+    show_default="$STATE_DIRECTORY/workflowd.db, else ~/.local/state/workflowd/workflowd.db",
+    help="State store: sqlite:///PATH (the embedded default) or a file path.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    envvar="WORKFLOWD_LOG_LEVEL",
+    show_envvar=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.version_option(__version__)
+def main(listen: str, store_uri: str, log_level: str) -> None:
+    """Coordinate workflow runs across remote agents."""
+    logs.configure(log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(serve(listen, store_uri))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Connected agents: one session per agent stream, and the registry of them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from workflowd.engine import AgentView
+from workflowd.rpc import workflow_pb2 as pb
+
+AttemptKey = tuple[str, str, int]  # run id, step id, attempt
+
+
+@dataclass(eq=False)
+class AgentSession:
+    """One live stream to one agent. `send` never blocks; a writer task drains it."""
+
+    name: str
+    labels: dict[str, str]
+    plugins: dict[str, pb.PluginInfo]
+    version: str
+    running: set[AttemptKey] = field(default_factory=set)
+    connected_at: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)
+    outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
+
+    def send(self, message: pb.CoordinatorMessage) -> None:
+        self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        """Ask the writer to end the stream."""
+        self.outbox.put_nowait(None)
+
+    def view(self) -> AgentView:
+        return AgentView(self.name, dict(self.labels), frozenset(self.plugins), len(self.running))
+
+
+class AgentRegistry:
+    def __init__(self) -> None:
+        self._sessions: dict[str, AgentSession] = {}
+
+    def add(self, session: AgentSession) -> AgentSession | None:
+        """Register a session; return the one it replaces, if any."""
+        old = self._sessions.get(session.name)
+        self._sessions[session.name] = session
+        return old
+
+    def remove(self, session: AgentSession) -> bool:
+        """Forget a session unless a newer one for the same agent replaced it."""
+        if self._sessions.get(session.name) is session:
+            del self._sessions[session.name]
+            return True
+        return False
+
+    def get(self, name: str) -> AgentSession | None:
+        return self._sessions.get(name)
+
+    def sessions(self) -> list[AgentSession]:
+        return list(self._sessions.values())
+
+    def views(self) -> list[AgentView]:
+        return [session.view() for session in self._sessions.values()]

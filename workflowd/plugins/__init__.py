@@ -1,0 +1,1 @@
+"""Built-in task plugins, registered in setup.cfg under `workflow.tasks`."""

@@ -1,0 +1,314 @@
+"""The embedded store: one SQLite file in WAL mode, written from one thread.
+
+Every call runs on a single worker thread so that the event loop never blocks
+on disk and writes are serialised without locks of our own. Transactions are
+committed with synchronous=FULL: a returned `append` survives a power cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from workflowd.engine import Event
+from workflowd.errors import StoreError
+from workflowd.store.base import AgentRecord, RunRecord, Store, now_ms
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    source TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    inputs_json TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    agent TEXT NOT NULL,
+    data_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY,
+    labels_json TEXT NOT NULL,
+    plugins_json TEXT NOT NULL,
+    version TEXT NOT NULL,
+    connected INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
+"""
+
+T = TypeVar("T")
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        run_id=row["run_id"],
+        name=row["name"],
+        source=row["source"],
+        filename=row["filename"],
+        inputs=json.loads(row["inputs_json"]),
+        config=json.loads(row["config_json"]),
+        status=row["status"],
+        created_ms=row["created_ms"],
+        updated_ms=row["updated_ms"],
+        idempotency_key=row["idempotency_key"] or "",
+        last_seq=row["last_seq"],
+    )
+
+
+def _event(row: sqlite3.Row) -> Event:
+    return Event(
+        type=row["type"],
+        step_id=row["step_id"],
+        attempt=row["attempt"],
+        agent=row["agent"],
+        data=json.loads(row["data_json"]),
+        seq=row["seq"],
+        time_ms=row["time_ms"],
+    )
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    # -- life cycle
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(Path(self.path).expanduser(), isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from None
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        with db:
+            db.executescript(_SCHEMA)
+        found = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if found is None:
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(found["value"]) > SCHEMA_VERSION:
+            db.close()
+            raise StoreError(
+                f"{self.path} has schema version {found['value']}, newer than this "
+                f"workflowd understands ({SCHEMA_VERSION}); upgrade workflowd"
+            )
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._call(self._db.close)
+            self._db = None
+        self._thread.shutdown(wait=True)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        return self._db
+
+    # -- runs and events
+
+    async def create_run(self, run: RunRecord, events: Sequence[Event]) -> tuple[RunRecord, bool]:
+        return await self._call(self._create_run, run, events)
+
+    def _create_run(self, run: RunRecord, events: Sequence[Event]) -> tuple[RunRecord, bool]:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if run.idempotency_key:
+                row = db.execute(
+                    "SELECT * FROM runs WHERE idempotency_key=?", (run.idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    db.execute("ROLLBACK")
+                    return _run(row), False
+            now = now_ms()
+            db.execute(
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,0)",
+                (
+                    run.run_id,
+                    run.name,
+                    run.status,
+                    run.source,
+                    run.filename,
+                    json.dumps(run.inputs),
+                    json.dumps(run.config),
+                    now,
+                    now,
+                    run.idempotency_key or None,
+                ),
+            )
+            self._insert_events(run.run_id, 0, events, now)
+            db.execute("UPDATE runs SET last_seq=? WHERE run_id=?", (len(events), run.run_id))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        row = db.execute("SELECT * FROM runs WHERE run_id=?", (run.run_id,)).fetchone()
+        return _run(row), True
+
+    def _insert_events(
+        self, run_id: str, last_seq: int, events: Sequence[Event], now: int
+    ) -> list[Event]:
+        numbered = []
+        rows = []
+        for offset, event in enumerate(events, start=1):
+            seq = last_seq + offset
+            numbered.append(
+                Event(event.type, event.step_id, event.attempt, event.agent, event.data, seq, now)
+            )
+            rows.append(
+                (
+                    run_id,
+                    seq,
+                    now,
+                    event.type,
+                    event.step_id,
+                    event.attempt,
+                    event.agent,
+                    json.dumps(event.data),
+                )
+            )
+        self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
+        return numbered
+
+    async def append(self, run_id: str, events: Sequence[Event], status: str) -> list[Event]:
+        return await self._call(self._append, run_id, events, status)
+
+    def _append(self, run_id: str, events: Sequence[Event], status: str) -> list[Event]:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT last_seq FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no run {run_id}")
+            now = now_ms()
+            numbered = self._insert_events(run_id, row["last_seq"], events, now)
+            db.execute(
+                "UPDATE runs SET last_seq=?, status=?, updated_ms=? WHERE run_id=?",
+                (row["last_seq"] + len(events), status, now, run_id),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return numbered
+
+    async def events(self, run_id: str, after_seq: int = 0, limit: int = 1000) -> list[Event]:
+        return await self._call(self._events, run_id, after_seq, limit)
+
+    def _events(self, run_id: str, after_seq: int, limit: int) -> list[Event]:
+        rows = self.db.execute(
+            "SELECT * FROM events WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?",
+            (run_id, after_seq, limit),
+        ).fetchall()
+        return [_event(row) for row in rows]
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        return await self._call(self._get_run, run_id)
+
+    def _get_run(self, run_id: str) -> RunRecord | None:
+        row = self.db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return None if row is None else _run(row)
+
+    async def list_runs(self, limit: int = 50, before_run_id: str = "") -> list[RunRecord]:
+        return await self._call(self._list_runs, limit, before_run_id)
+
+    def _list_runs(self, limit: int, before_run_id: str) -> list[RunRecord]:
+        # run ids sort by creation time, so the primary key pages the history
+        if before_run_id:
+            rows = self.db.execute(
+                "SELECT * FROM runs WHERE run_id<? ORDER BY run_id DESC LIMIT ?",
+                (before_run_id, limit),
+            )
+        else:
+            rows = self.db.execute("SELECT * FROM runs ORDER BY run_id DESC LIMIT ?", (limit,))
+        return [_run(row) for row in rows.fetchall()]
+
+    async def runs_with_status(self, statuses: Iterable[str]) -> list[RunRecord]:
+        wanted = list(statuses)
+        return await self._call(self._runs_with_status, wanted)
+
+    def _runs_with_status(self, statuses: list[str]) -> list[RunRecord]:
+        marks = ",".join("?" * len(statuses))
+        rows = self.db.execute(
+            f"SELECT * FROM runs WHERE status IN ({marks}) ORDER BY run_id",  # noqa: S608 - marks only
+            statuses,
+        ).fetchall()
+        return [_run(row) for row in rows]
+
+    # -- agents
+
+    async def save_agent(self, agent: AgentRecord) -> None:
+        await self._call(self._save_agent, agent)
+
+    def _save_agent(self, agent: AgentRecord) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO agents VALUES (?,?,?,?,?,?)",
+            (
+                agent.name,
+                json.dumps(dict(agent.labels)),
+                json.dumps({k: dict(v) for k, v in agent.plugins.items()}),
+                agent.version,
+                int(agent.connected),
+                agent.last_seen_ms or now_ms(),
+            ),
+        )
+
+    async def set_agent_connected(self, name: str, connected: bool) -> None:
+        await self._call(
+            lambda: self.db.execute(
+                "UPDATE agents SET connected=?, last_seen_ms=? WHERE name=?",
+                (int(connected), now_ms(), name),
+            )
+        )
+
+    async def agents(self) -> list[AgentRecord]:
+        return await self._call(self._agents)
+
+    def _agents(self) -> list[AgentRecord]:
+        rows = self.db.execute("SELECT * FROM agents ORDER BY name").fetchall()
+        return [
+            AgentRecord(
+                name=row["name"],
+                labels=json.loads(row["labels_json"]),
+                plugins=json.loads(row["plugins_json"]),
+                version=row["version"],
+                connected=bool(row["connected"]),
+                last_seen_ms=row["last_seen_ms"],
+            )
+            for row in rows
+        ]
