@@ -194,6 +194,12 @@ def tail(client: Client, run_id: str, as_json: bool) -> None:
     sys.exit(follow_run(client, run_id, as_json))
 
 
+def _console() -> Console:
+    """Tables on a terminal fit it; piped, they keep long lines whole."""
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=200)
+
+
 def _when(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else ""
 
@@ -237,24 +243,31 @@ def status(client: Client, run_id: str, as_json: bool) -> None:
             )
         )
         return
-    console = Console(highlight=False)
+    console = _console()
     console.print(f"run {run.summary.run_id}  {run.summary.name}  [bold]{run.summary.status}[/]")
     console.print(
         f"created {_when(run.summary.created_ms)}, updated {_when(run.summary.updated_ms)}"
     )
     table = Table(box=None, pad_edge=False)
-    for column in ("step", "task", "where", "status", "attempt", "detail"):
-        table.add_column(column)
+    for column in ("step", "task", "where", "status", "attempt", "took"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("detail", no_wrap=True, overflow="ellipsis", max_width=80)
     for step in run.steps:
-        detail = (
-            step.waiting_reason or step.error.splitlines()[0]
-            if (step.waiting_reason or step.error)
-            else ""
-        )
+        detail = (step.waiting_reason or step.error).splitlines()[:1]
         if not detail and step.outputs_json:
-            detail = summarize_outputs(json.loads(step.outputs_json))
-        where = step.agent or step.target
-        table.add_row(step.step_id, step.task, where, step.status, str(step.attempt or ""), detail)
+            detail = [summarize_outputs(json.loads(step.outputs_json))]
+        took = ""
+        if step.started_ms and step.finished_ms:
+            took = f"{(step.finished_ms - step.started_ms) / 1000:.1f}s"
+        table.add_row(
+            step.step_id,
+            step.task,
+            step.agent or step.target,
+            step.status,
+            str(step.attempt or ""),
+            took,
+            "".join(detail),
+        )
     console.print(table)
     if run.error:
         console.print(f"[red]error:[/] {run.error}", markup=True)
@@ -288,7 +301,7 @@ def list_runs(client: Client, limit: int, as_json: bool) -> None:
         table.add_row(
             run.run_id, run.name, run.status, _when(run.created_ms), _when(run.updated_ms)
         )
-    Console(highlight=False).print(table)
+    _console().print(table)
 
 
 @main.command()
@@ -326,7 +339,7 @@ def agents(client: Client, as_json: bool) -> None:
             _when(agent.last_seen_ms),
             " ".join(agent.plugins),
         )
-    Console(highlight=False).print(table)
+    _console().print(table)
 
 
 if __name__ == "__main__":
