@@ -8,6 +8,7 @@ $(BIN)/workflowd: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e tests/plugins  # test.count: a plugin the tests can count
 	touch $@
 
 install: $(BIN)/workflowd  ## virtual environment with the package and its test tools

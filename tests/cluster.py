@@ -171,6 +171,11 @@ class Cluster:
         )
         return Result(done.returncode, done.stdout, done.stderr)
 
+    def history(self, run_id: str) -> list[dict[str, Any]]:
+        result = self.ctl("tail", run_id, "--json", "--no-follow")
+        assert result.code in (0, 1), result.stderr
+        return result.json_lines()
+
     def run_status(self, run_id: str) -> dict[str, Any]:
         result = self.ctl("status", run_id, "--json")
         assert result.code == 0, result.stderr
@@ -186,10 +191,14 @@ class Cluster:
             f"run {run_id} to finish",
         )
 
+    def signal_agent(self, name: str, sig: int) -> None:
+        self.agents[name].send_signal(sig)
+
     def close(self) -> None:
         for name in list(self.agents):
             process = self.agents.pop(name)
             if process.poll() is None:
+                process.send_signal(signal.SIGCONT)  # a stopped process cannot die otherwise
                 process.kill()
             process.wait(10)
         if self.daemon is not None and self.daemon.poll() is None:

@@ -18,6 +18,23 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator:
+    """Start a workflowd with chosen options; every cluster made is torn down."""
+    made: list[Cluster] = []
+
+    def make(*daemon_args: str) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster-{len(made)}")
+        cluster.root.mkdir()
+        made.append(cluster)
+        cluster.start_daemon(*daemon_args)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()
+
+
+@pytest.fixture
 def write_flow(tmp_path: Path):
     """Write a workflow definition to a file and return its path."""
     counter = iter(range(1_000_000))

@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import structlog
 
+from workflow_agent.outbox import Outbox
 from workflowd import __version__
 from workflowd.dispatch import AttemptKey
 from workflowd.execution import Outcome, execute
@@ -46,7 +47,16 @@ def result_message(key: AttemptKey, outcome: Outcome) -> pb.AgentMessage:
     if outcome.ok:
         completed = pb.StepCompleted(outputs_json=json.dumps(outcome.outputs), path=outcome.path)
         return _step(key, completed=completed)
-    return _step(key, failed=pb.StepFailed(error=outcome.error, message=outcome.message))
+    if outcome.error == "interrupted":
+        return _step(key, interrupted=pb.StepInterrupted(reason=outcome.message))
+    failed = pb.StepFailed(
+        error=outcome.error,
+        message=outcome.message,
+        retryable=outcome.retryable,
+        rolled_back=outcome.rolled_back,
+        details_json=json.dumps(outcome.details) if outcome.details is not None else "",
+    )
+    return _step(key, failed=failed)
 
 
 class Backoff:
@@ -84,11 +94,12 @@ class Agent:
         self.grace_s = grace_s
         self.backoff = Backoff()
         self.log = log.bind(agent=name)
-        # TODO: keep held results in a durable on-disk outbox so they survive an agent restart.
-        self._held: dict[AttemptKey, pb.AgentMessage] = {}
+        self._held = Outbox(work_dir / "outbox")
+        self._held.load()
         self._running: dict[AttemptKey, tuple[asyncio.Task[None], StepContext]] = {}
         self._outbox: asyncio.Queue[pb.AgentMessage] | None = None
         self._stopping = asyncio.Event()
+        self._draining = False
         self._acked = asyncio.Event()
         self.connected = asyncio.Event()
 
@@ -125,17 +136,25 @@ class Agent:
         if self._stopping.is_set():
             return
         self.log.info("agent_stopping", running=len(self._running))
-        tasks = [task for task, _ in self._running.values()]
+        self._draining = True
+        self._send(self._beat())
+        tasks = {task: ctx for task, ctx in self._running.values()}
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.grace_s)
             for task in late:
+                # reported as interrupted: the step runs again, it did not fail
+                tasks[task].stop("interrupt", "the agent is shutting down")
                 task.cancel()
-            # give the stream a moment to carry the last results
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained(), 2.0)
+            if late:
+                await asyncio.wait(late, timeout=5.0)
+        # give the stream a moment to carry the last reports and their acknowledgements
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained(), 2.0)
         self._stopping.set()
 
     async def _drained(self) -> None:
+        if self._outbox is not None:
+            await self._outbox.join()
         while self._held and self._outbox is not None:
             self._acked.clear()
             await self._acked.wait()
@@ -159,7 +178,7 @@ class Agent:
                 plugins=plugins,
                 version=__version__,
                 running=[_ref(key) for key in self._running],
-                held=[_ref(key) for key in self._held],
+                held=[_ref(key) for key in self._held.attempts()],
             )
         )
 
@@ -175,49 +194,55 @@ class Agent:
             interval_s = first.welcome.heartbeat_interval_s or 5.0
 
             outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
-            for message in self._held.values():
+            for message in self._held.messages():
                 outbox.put_nowait(message)
             self._outbox = outbox
             self.backoff.reset()
             self.connected.set()
             self.log.info("agent_connected", coordinator=self.coordinator, resent=len(self._held))
 
+            reader = asyncio.create_task(self._read(call))
             writer = asyncio.create_task(self._write(call, outbox))
             beat = asyncio.create_task(self._heartbeat(outbox, interval_s))
             stop = asyncio.create_task(self._stopping.wait())
             try:
-                while True:
-                    reader = asyncio.ensure_future(call.read())
-                    done, _ = await asyncio.wait(
-                        {reader, writer, stop}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if reader not in done:
-                        reader.cancel()
-                        if writer in done:
-                            writer.result()  # raises the stream's error
-                        return
-                    message = reader.result()
-                    if message is grpc.aio.EOF:
-                        self.log.warning("stream_closed_by_coordinator")
-                        return
-                    self._handle(message)
+                done, _ = await asyncio.wait(
+                    {reader, writer, stop}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done & {reader, writer}:
+                    task.result()  # raises the stream's error, if it broke
+                if reader in done:
+                    self.log.warning("stream_closed_by_coordinator")
+                    return
+                # Stopping: half-close, and let the coordinator read everything
+                # written so far before the channel goes away.
+                beat.cancel()
+                await call.done_writing()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(reader, 3.0)
             finally:
-                for task in (writer, beat, stop):
+                for task in (reader, writer, beat, stop):
                     task.cancel()
-                with contextlib.suppress(Exception):
-                    await call.done_writing()
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        while (message := await call.read()) is not grpc.aio.EOF:
+            self._handle(message)
 
     async def _write(
         self, call: grpc.aio.StreamStreamCall, outbox: asyncio.Queue[pb.AgentMessage]
     ) -> None:
         while True:
             await call.write(await outbox.get())
+            outbox.task_done()
 
     async def _heartbeat(self, outbox: asyncio.Queue[pb.AgentMessage], interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            running = [_ref(key) for key in self._running]
-            outbox.put_nowait(pb.AgentMessage(heartbeat=pb.Heartbeat(running=running)))
+            outbox.put_nowait(self._beat())
+
+    def _beat(self) -> pb.AgentMessage:
+        running = [_ref(key) for key in self._running]
+        return pb.AgentMessage(heartbeat=pb.Heartbeat(running=running, draining=self._draining))
 
     def _send(self, message: pb.AgentMessage) -> None:
         """Queue a message on the live stream; dropped when there is none."""
@@ -229,18 +254,18 @@ class Agent:
         if kind == "start":
             self._start(message.start)
         elif kind == "cancel":
-            key = (
-                message.cancel.ref.run_id,
-                message.cancel.ref.step_id,
-                message.cancel.ref.attempt,
-            )
+            cancel = message.cancel
+            key = (cancel.ref.run_id, cancel.ref.step_id, cancel.ref.attempt)
             if key in self._running:
                 task, ctx = self._running[key]
-                ctx.cancelled.set()
+                self.log.info(
+                    "step_cancel_received", run_id=key[0], step_id=key[1], attempt=key[2]
+                )
+                ctx.stop("cancel", cancel.reason, cancel.rollback)
                 task.cancel()
         elif kind == "ack":
             ref = message.ack.ref
-            self._held.pop((ref.run_id, ref.step_id, ref.attempt), None)
+            self._held.ack((ref.run_id, ref.step_id, ref.attempt))
             self._acked.set()
         elif kind == "reject":
             raise Rejected(message.reject.reason)
@@ -253,8 +278,10 @@ class Agent:
         if key in self._running or key in self._held:
             bound.info("step_start_duplicate")
             return
-        if self._stopping.is_set():
+        if self._draining:
             bound.info("step_start_refused_stopping")
+            refused = Outcome(False, error="interrupted", message=f"agent {self.name} is stopping")
+            self._send(result_message(key, refused))
             return
         loop = asyncio.get_running_loop()
         scratch = self.work_dir / "scratch" / key[0] / f"{key[1]}-{key[2]}"
@@ -291,9 +318,7 @@ class Agent:
             else:
                 ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
                 params = json.loads(start.params_json or "{}")
-                outcome = await execute(plugin(), ctx, params)
-        except asyncio.CancelledError:
-            outcome = Outcome(False, error="cancelled", message="the step was cancelled")
+                outcome = await execute(plugin(), ctx, params, start.rollback_on_failure)
         except Exception as exc:  # noqa: BLE001 - a step's crash must not take the agent down
             bound.exception("step_crashed")
             outcome = Outcome(False, error="agent_error", message=f"{type(exc).__name__}: {exc}")
@@ -301,5 +326,7 @@ class Agent:
             self._running.pop(key, None)
         bound.info("step_finished", ok=outcome.ok, path=outcome.path, error=outcome.error or None)
         message = result_message(key, outcome)
-        self._held[key] = message
+        if outcome.error != "interrupted":
+            # kept on disk until acknowledged; an interruption is only news
+            self._held.put(key, message)
         self._send(message)

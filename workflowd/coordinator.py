@@ -2,8 +2,12 @@
 
 Every change to a run goes through `_commit` under that run's lock: the events
 are appended to the store first, then applied to the in-memory state, then
-their effects happen (a step start sent to an agent, a local step begun), and
-tail followers are woken. Nothing is acknowledged before it is stored.
+their effects happen (a step start sent to an agent, a local step begun, an
+abandoned attempt told to stop), and tail followers are woken. Nothing is
+acknowledged before it is stored.
+
+A ticker watches the clock: agents that fell silent, attempts that ran out of
+time, retries whose backoff is over, steps that waited too long for an agent.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,16 +25,16 @@ import structlog
 
 from workflowd import definition, engine
 from workflowd.dispatch import AgentRegistry, AgentSession, AttemptKey
-from workflowd.engine import COORDINATOR, Event, RunState
+from workflowd.engine import COORDINATOR, Event, Limits, RunState
 from workflowd.errors import DefinitionError, Issue, UnknownRunError
-from workflowd.execution import execute
+from workflowd.execution import Outcome, execute
 from workflowd.rpc import workflow_pb2 as pb
-from workflowd.store.base import AgentRecord, RunRecord, Store, new_run_id
+from workflowd.store.base import AgentRecord, RunRecord, Store, new_run_id, now_ms
 from workflowd.tasks import Report, StepContext, Task
 
 log = structlog.get_logger()
 
-FINAL_EVENTS = frozenset({engine.STEP_SUCCEEDED, engine.STEP_FAILED})
+FINAL_EVENTS = frozenset({engine.STEP_SUCCEEDED, engine.STEP_FAILED, engine.STEP_INTERRUPTED})
 
 
 class Notifier:
@@ -53,52 +58,109 @@ class Coordinator:
         store: Store,
         plugins: Mapping[str, type[Task]],
         scratch_root: Path | None = None,
+        heartbeat_timeout_s: float = 15.0,
+        limits: Limits = Limits(),  # noqa: B008 - a frozen value, safe to share
+        tick_s: float = 0.25,
     ) -> None:
         self.store = store
         self.plugins = dict(plugins)
         self.agents = AgentRegistry()
         self.notifier = Notifier()
         self.scratch_root = scratch_root or Path(tempfile.gettempdir()) / "workflowd-scratch"
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.limits = limits
+        self.tick_s = tick_s
         self._states: dict[str, RunState] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._local: dict[AttemptKey, asyncio.Task[None]] = {}
+        self._local: dict[AttemptKey, tuple[asyncio.Task[None], StepContext]] = {}
+        self._gone_since: dict[str, float] = {}  # agent name -> monotonic time it went away
         self._background: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
         """Pick up every run that was going when the coordinator last stopped."""
+        for agent in await self.store.agents():
+            if agent.connected:
+                await self.store.set_agent_connected(agent.name, False)
+        started = time.monotonic()
         for record in await self.store.runs_with_status([engine.PENDING, engine.RUNNING]):
             state = await self._load(record)
             self._states[record.run_id] = state
-            interrupted = [
+            for step_id in state.active():
+                agent = state.step(step_id).agent
+                if agent != COORDINATOR:
+                    # it has until the heartbeat limit to come back and say what it holds
+                    self._gone_since.setdefault(agent, started)
+            local = [
                 Event(
                     engine.STEP_INTERRUPTED,
                     step_id,
-                    step.attempt,
+                    state.step(step_id).attempt,
                     COORDINATOR,
                     {"reason": "the coordinator restarted while the step ran on it"},
                 )
-                for step_id, step in state.steps.items()
-                if step.agent == COORDINATOR and step.status in engine.STEP_ACTIVE
+                for step_id in state.active()
+                if state.step(step_id).agent == COORDINATOR
             ]
-            if interrupted:
+            if local:
                 async with self._locks[record.run_id]:
-                    await self._commit(record.run_id, interrupted)
+                    await self._commit(record.run_id, local)
             log.info("run_recovered", run_id=record.run_id, status=state.status)
             self._spawn(self.advance(record.run_id))
+        self._ticker = asyncio.create_task(self._tick())
 
     async def stop(self) -> None:
-        for task in list(self._local.values()):
+        """Stop the clock and local steps; everything they did is already stored."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for task, ctx in list(self._local.values()):
+            ctx.stop("interrupt", "the coordinator is shutting down")
             task.cancel()
         for session in self.agents.sessions():
             session.close()
-        await asyncio.gather(*self._local.values(), *self._background, return_exceptions=True)
+        pending = [task for task, _ in self._local.values()] + list(self._background)
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                await self._check_clock()
+            except Exception:
+                log.exception("tick_failed")
+
+    async def _check_clock(self) -> None:
+        now = time.monotonic()
+        for session in self.agents.sessions():
+            if now - session.last_seen > self.heartbeat_timeout_s:
+                log.warning(
+                    "agent_silent", agent=session.name, silent_s=round(now - session.last_seen, 1)
+                )
+                if self.agents.remove(session):
+                    self._gone_since[session.name] = session.last_seen
+                    await self.store.set_agent_connected(session.name, False)
+                session.close()
+        lost = self._lost(now)
+        wall = now_ms()
+        for run_id, state in list(self._states.items()):
+            wake = engine.next_wake_ms(state, self.limits)
+            on_lost = any(state.step(s).agent in lost for s in state.active())
+            if on_lost or (wake is not None and wake <= wall):
+                await self.advance(run_id)
+
+    def _lost(self, now: float) -> frozenset[str]:
+        return frozenset(
+            name
+            for name, since in self._gone_since.items()
+            if now - since > self.heartbeat_timeout_s
+        )
 
     # --------------------------------------------------------------- runs
 
@@ -175,28 +237,54 @@ class Coordinator:
         )
         stored, created = await self.store.create_run(record, [first])
         if not created:
-            log.info("run_submit_deduplicated", run_id=stored.run_id, key=key)
+            log.info("run_submit_deduplicated", run_id=stored.run_id)
             return stored.run_id, True
         self._states[stored.run_id] = await self._load(stored)
         log.info("run_submitted", run_id=stored.run_id, workflow=workflow.name)
         await self.advance(stored.run_id)
         return stored.run_id, False
 
+    async def cancel(self, run_id: str, reason: str = "") -> str:
+        """Ask a run to stop: running steps are told, nothing new starts."""
+        state = await self.run_state(run_id)
+        if state.finished:
+            return state.status
+        async with self._locks[run_id]:
+            state = self._states.get(run_id)
+            if state is not None and not state.cancel_requested:
+                data = {"reason": reason or "cancelled by an operator"}
+                await self._commit(run_id, [Event(engine.RUN_CANCEL_REQUESTED, data=data)])
+        await self.advance(run_id)
+        return (await self.run_state(run_id)).status
+
+    async def resume(self, run_id: str, from_step: str = "") -> list[str]:
+        """Run a failed or cancelled run again from its first unfinished step."""
+        async with self._locks[run_id]:
+            state = await self.run_state(run_id)
+            rerun = engine.resume_plan(state, from_step)
+            self._states[run_id] = state
+            data = {"rerun": rerun, "from_step": from_step}
+            await self._commit(run_id, [Event(engine.RUN_RESUMED, data=data)])
+        log.info("run_resumed", run_id=run_id, rerun=rerun)
+        await self.advance(run_id)
+        return rerun
+
     async def advance(self, run_id: str) -> None:
         """Commit whatever the engine decides until it has nothing more to do."""
         async with self._locks[run_id]:
             while (state := self._states.get(run_id)) is not None:
-                events = engine.decide(state, self.agents.views())
+                lost = self._lost(time.monotonic())
+                events = engine.decide(state, self.agents.views(), now_ms(), lost, self.limits)
                 if not events:
                     break
                 await self._commit(run_id, events)
 
     async def _commit(self, run_id: str, events: list[Event]) -> RunState:
         """Store events, apply them, carry out their effects. Caller holds the run lock."""
-        state = self._states[run_id]
-        status = engine.replay(state, events).status
+        before = self._states[run_id]
+        status = engine.replay(before, events).status
         stored = await self.store.append(run_id, events, status)
-        state = engine.replay(state, stored)
+        state = engine.replay(before, stored)
         self._states[run_id] = state
         self.notifier.notify(run_id)
 
@@ -204,6 +292,15 @@ class Coordinator:
             self._log_event(run_id, event)
             if event.type == engine.STEP_DISPATCHED:
                 self._start_step(run_id, event)
+            elif event.type == engine.STEP_FAILED and event.data.get("abandon"):
+                step = state.workflow.step(event.step_id)
+                final = state.step(event.step_id).tries >= step.retry.attempts
+                self._stop_attempt(
+                    run_id, event.step_id, before.step(event.step_id), "abandoned", final
+                )
+            elif event.type == engine.RUN_CANCEL_REQUESTED:
+                for step_id in state.active():
+                    self._stop_attempt(run_id, step_id, state.step(step_id), "run cancelled", True)
         if state.finished:
             self._states.pop(run_id, None)
             self._locks.pop(run_id, None)
@@ -213,14 +310,22 @@ class Coordinator:
         if event.type in (engine.STEP_PROGRESS, engine.STEP_LOG):
             return
         context = {"step_id": event.step_id, "attempt": event.attempt, "agent": event.agent}
-        log.info(event.type, run_id=run_id, **{k: v for k, v in context.items() if v})
+        fields = {k: v for k, v in context.items() if v}
+        if event.type in (engine.STEP_FAILED, engine.RUN_FAILED, engine.STEP_INTERRUPTED):
+            reason = (
+                event.data.get("error") or event.data.get("reason") or event.data.get("step_id")
+            )
+            log.warning(event.type, run_id=run_id, reason=reason, **fields)
+        else:
+            log.info(event.type, run_id=run_id, **fields)
 
     def _start_step(self, run_id: str, event: Event) -> None:
         key = (run_id, event.step_id, event.attempt)
         task_name = str(event.data["task"])
         params = dict(event.data.get("params", {}))
+        final = bool(event.data.get("final", True))
         if event.agent == COORDINATOR:
-            self._local[key] = asyncio.create_task(self._run_local(key, task_name, params))
+            self._run_local(key, task_name, params, final)
             return
         session = self.agents.get(event.agent)
         if session is None:
@@ -229,46 +334,61 @@ class Coordinator:
             log.warning("dispatch_target_gone", run_id=run_id, step_id=event.step_id)
             return
         session.running.add(key)
-        state = self._states[run_id]
         session.send(
             pb.CoordinatorMessage(
                 start=pb.StartStep(
                     ref=pb.AttemptRef(run_id=run_id, step_id=event.step_id, attempt=event.attempt),
                     task=task_name,
                     params_json=json.dumps(params),
-                    config_json=json.dumps(dict(state.config)),
+                    config_json=json.dumps(dict(self._states[run_id].config)),
+                    rollback_on_failure=final,
                 )
             )
         )
+
+    def _stop_attempt(
+        self, run_id: str, step_id: str, step: engine.StepState, reason: str, rollback: bool
+    ) -> None:
+        """Tell whoever runs an attempt to stop it."""
+        key = (run_id, step_id, step.attempt)
+        if step.agent == COORDINATOR:
+            local = self._local.get(key)
+            if local is not None:
+                task, ctx = local
+                ctx.stop("cancel", reason, rollback)
+                task.cancel()
+            return
+        session = self.agents.get(step.agent)
+        if session is not None:
+            session.running.discard(key)
+            session.send(
+                pb.CoordinatorMessage(
+                    cancel=pb.CancelStep(
+                        ref=pb.AttemptRef(run_id=key[0], step_id=key[1], attempt=key[2]),
+                        reason=reason,
+                        rollback=rollback,
+                    )
+                )
+            )
 
     # ------------------------------------------------------- step reports
 
     async def report(self, agent: str, run_id: str, event: Event) -> str:
         """Apply a report about a step attempt from an agent (or a local step).
 
-        Returns the engine's verdict; the result is stored when it is "accept".
+        Returns the engine's verdict; the report is stored only when it is "accept".
         """
-        state = self._states.get(run_id)
-        if state is None:
+        if run_id not in self._states:
             # a finished or unknown run: nothing to change, whatever it says
-            return engine.STALE if await self.store.get_run(run_id) else engine.FOREIGN
+            known = await self.store.get_run(run_id) is not None
+            return self._rejected(engine.STALE if known else engine.FOREIGN, agent, run_id, event)
         async with self._locks[run_id]:
             state = self._states.get(run_id)
             if state is None:
-                return engine.STALE
+                return self._rejected(engine.STALE, agent, run_id, event)
             verdict = engine.judge(state, agent, event.step_id, event.attempt)
             if verdict != engine.ACCEPT:
-                level = "debug" if verdict == engine.DUPLICATE else "warning"
-                getattr(log, level)(
-                    "report_rejected",
-                    verdict=verdict,
-                    run_id=run_id,
-                    step_id=event.step_id,
-                    attempt=event.attempt,
-                    agent=agent,
-                    type=event.type,
-                )
-                return verdict
+                return self._rejected(verdict, agent, run_id, event)
             if event.type == engine.STEP_STARTED and state.step(event.step_id).status != (
                 engine.DISPATCHED
             ):
@@ -281,20 +401,35 @@ class Coordinator:
             await self.advance(run_id)
         return verdict
 
-    async def _run_local(self, key: AttemptKey, task_name: str, params: dict[str, Any]) -> None:
+    def _rejected(self, verdict: str, agent: str, run_id: str, event: Event) -> str:
+        """Log a report that changes nothing; a re-sent duplicate is routine."""
+        if event.type in (engine.STEP_PROGRESS, engine.STEP_LOG) and verdict != engine.FOREIGN:
+            return verdict  # chatter from an attempt the run has moved past
+        level = "debug" if verdict == engine.DUPLICATE else "warning"
+        getattr(log, level)(
+            "report_rejected",
+            verdict=verdict,
+            run_id=run_id,
+            step_id=event.step_id,
+            attempt=event.attempt,
+            agent=agent,
+            type=event.type,
+        )
+        return verdict
+
+    def _run_local(
+        self, key: AttemptKey, task_name: str, params: dict[str, Any], final: bool
+    ) -> None:
         run_id, step_id, attempt = key
         queue: asyncio.Queue[Report | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        state = self._states[run_id]
-        scratch = self.scratch_root / run_id / f"{step_id}-{attempt}"
-        scratch.mkdir(parents=True, exist_ok=True)
         ctx = StepContext(
             run_id=run_id,
             step_id=step_id,
             attempt=attempt,
             host=COORDINATOR,
-            config=state.config,
-            scratch_dir=scratch,
+            config=self._states[run_id].config,
+            scratch_dir=self.scratch_root / run_id / f"{step_id}-{attempt}",
             report=lambda item: loop.call_soon_threadsafe(queue.put_nowait, item),
         )
 
@@ -303,44 +438,53 @@ class Coordinator:
                 kind, value, message = item
                 await self.report(COORDINATOR, run_id, _report_event(key, kind, value, message))
 
-        forwarder = asyncio.create_task(forward())
-        try:
-            started = Event(engine.STEP_STARTED, step_id, attempt, COORDINATOR)
-            await self.report(COORDINATOR, run_id, started)
-            outcome = await execute(self.plugins[task_name](), ctx, params)
-            # reports from worker threads were queued before execute returned
-            queue.put_nowait(None)
-            await forwarder
-            await self.report(COORDINATOR, run_id, outcome_event(key, COORDINATOR, outcome))
-        finally:
-            forwarder.cancel()
-            self._local.pop(key, None)
+        async def run() -> None:
+            forwarder = asyncio.create_task(forward())
+            try:
+                await self.report(
+                    COORDINATOR, run_id, Event(engine.STEP_STARTED, step_id, attempt, COORDINATOR)
+                )
+                ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
+                outcome = await execute(self.plugins[task_name](), ctx, params, final)
+                # reports from worker threads were queued before execute returned
+                queue.put_nowait(None)
+                await forwarder
+                if outcome.error == "interrupted":
+                    return  # the coordinator is stopping; the restart reruns the step
+                await self.report(COORDINATOR, run_id, outcome_event(key, COORDINATOR, outcome))
+            finally:
+                forwarder.cancel()
+                self._local.pop(key, None)
+
+        self._local[key] = (asyncio.create_task(run()), ctx)
 
     # ------------------------------------------------------------- agents
 
     async def agent_connected(self, session: AgentSession, hello: pb.Hello) -> None:
         """Reconcile what the agent says it has, then make it available for steps."""
-        has = {(r.run_id, r.step_id, r.attempt) for r in (*hello.running, *hello.held)}
-        session.running = {(r.run_id, r.step_id, r.attempt) for r in hello.running}
+        running = {(r.run_id, r.step_id, r.attempt) for r in hello.running}
+        held = {(r.run_id, r.step_id, r.attempt) for r in hello.held}
+        session.running = set(running)
         for run_id, state in list(self._states.items()):
+            reason = f"agent {session.name} came back without the attempt"
             lost = [
                 Event(
                     engine.STEP_INTERRUPTED,
                     step_id,
-                    step.attempt,
+                    state.step(step_id).attempt,
                     session.name,
-                    {"reason": f"agent {session.name} reconnected without this attempt"},
+                    {"reason": reason},
                 )
-                for step_id, step in state.steps.items()
-                if step.agent == session.name
-                and step.status in engine.STEP_ACTIVE
-                and (run_id, step_id, step.attempt) not in has
+                for step_id in state.active()
+                if state.step(step_id).agent == session.name
+                and (run_id, step_id, state.step(step_id).attempt) not in running | held
             ]
             if lost:
                 async with self._locks[run_id]:
                     await self._commit(run_id, lost)
 
         old = self.agents.add(session)
+        self._gone_since.pop(session.name, None)
         if old is not None:
             log.warning("agent_replaced", agent=session.name)
             old.close()
@@ -356,12 +500,39 @@ class Coordinator:
                 connected=True,
             )
         )
-        log.info("agent_connected", agent=session.name, labels=session.labels)
+        log.info(
+            "agent_connected",
+            agent=session.name,
+            labels=session.labels,
+            running=len(running),
+            held=len(held),
+        )
+        await self._stop_unwanted(session, running)
         for run_id in list(self._states):
             await self.advance(run_id)
 
+    async def _stop_unwanted(self, session: AgentSession, running: set[AttemptKey]) -> None:
+        """Attempts an agent still runs that no run waits for any more are stopped."""
+        for key in running:
+            state = self._states.get(key[0])
+            verdict = engine.judge(state, session.name, key[1], key[2]) if state else engine.STALE
+            if verdict in (engine.STALE, engine.FOREIGN):
+                log.warning(
+                    "stale_attempt_stopped",
+                    agent=session.name,
+                    run_id=key[0],
+                    step_id=key[1],
+                    attempt=key[2],
+                )
+                session.running.discard(key)
+                ref = pb.AttemptRef(run_id=key[0], step_id=key[1], attempt=key[2])
+                session.send(
+                    pb.CoordinatorMessage(cancel=pb.CancelStep(ref=ref, reason="superseded"))
+                )
+
     async def agent_disconnected(self, session: AgentSession) -> None:
         if self.agents.remove(session):
+            self._gone_since[session.name] = time.monotonic()
             await self.store.set_agent_connected(session.name, False)
             log.info("agent_disconnected", agent=session.name)
 
@@ -369,27 +540,25 @@ class Coordinator:
 def _report_event(key: AttemptKey, kind: str, value: Any, message: str) -> Event:
     _, step_id, attempt = key
     if kind == "progress":
-        return Event(
-            engine.STEP_PROGRESS,
-            step_id,
-            attempt,
-            COORDINATOR,
-            {"fraction": value, "message": message},
-        )
-    return Event(
-        engine.STEP_LOG, step_id, attempt, COORDINATOR, {"level": value, "message": message}
-    )
+        data = {"fraction": value, "message": message}
+        return Event(engine.STEP_PROGRESS, step_id, attempt, COORDINATOR, data)
+    data = {"level": value, "message": message}
+    return Event(engine.STEP_LOG, step_id, attempt, COORDINATOR, data)
 
 
-def outcome_event(key: AttemptKey, agent: str, outcome: Any) -> Event:
+def outcome_event(key: AttemptKey, agent: str, outcome: Outcome) -> Event:
     _, step_id, attempt = key
     if outcome.ok:
-        return Event(
-            engine.STEP_SUCCEEDED,
-            step_id,
-            attempt,
-            agent,
-            {"outputs": outcome.outputs, "path": outcome.path},
-        )
-    data = {"error": outcome.error, "message": outcome.message, **outcome.outputs}
+        data = {"outputs": outcome.outputs, "path": outcome.path}
+        return Event(engine.STEP_SUCCEEDED, step_id, attempt, agent, data)
+    if outcome.error == "interrupted":
+        return Event(engine.STEP_INTERRUPTED, step_id, attempt, agent, {"reason": outcome.message})
+    data: dict[str, Any] = {
+        "error": outcome.error,
+        "message": outcome.message,
+        "retryable": outcome.retryable,
+        "rolled_back": outcome.rolled_back,
+    }
+    if outcome.details is not None:
+        data["details"] = outcome.details
     return Event(engine.STEP_FAILED, step_id, attempt, agent, data)

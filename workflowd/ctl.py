@@ -48,7 +48,7 @@ class Client:
         if code == grpc.StatusCode.NOT_FOUND:
             click.echo(f"error: {exc.details()}", err=True)
             sys.exit(NOT_FOUND)
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
+        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
             click.echo(exc.details(), err=True)
             sys.exit(RUN_FAILED)
         click.echo(f"error: {code.name}: {exc.details()}", err=True)
@@ -96,7 +96,7 @@ def _stream(client: Client, run_id: str, follow: bool) -> Iterator[dict[str, Any
         client.fail(exc)
 
 
-def follow_run(client: Client, run_id: str, as_json: bool) -> int:
+def follow_run(client: Client, run_id: str, as_json: bool, follow: bool = True) -> int:
     """Print a run's history, then its live events; the exit code says how it ended."""
     console = Console(highlight=False, soft_wrap=True)
     printer = (
@@ -106,7 +106,7 @@ def follow_run(client: Client, run_id: str, as_json: bool) -> int:
     )
     final = ""
     try:
-        for event in _stream(client, run_id, follow=True):
+        for event in _stream(client, run_id, follow=follow):
             if event["type"] in events.RUN_TERMINAL_EVENTS:
                 final = event["type"]
             if printer is None:
@@ -187,11 +187,51 @@ def validate(client: Client, flow: Path, inputs: dict[str, str]) -> None:
 
 @main.command()
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.option("--reason", default="", help="Recorded in the run's history.")
 @click.pass_obj
-def tail(client: Client, run_id: str, as_json: bool) -> None:
-    """Show a run's history from the start, then follow it live until it ends."""
-    sys.exit(follow_run(client, run_id, as_json))
+def cancel(client: Client, run_id: str, reason: str) -> None:
+    """Stop a run: running steps are told to stop (and roll back), nothing new starts."""
+    response = client.call("Cancel", pb.CancelRequest(run_id=run_id, reason=reason))
+    click.echo(f"{run_id}: {response.status}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--from", "from_step", default="", help="Re-run this step and every step after it.")
+@click.option(
+    "--follow", "-f", is_flag=True, help="Tail the run until it ends; exit with its outcome."
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines when following.")
+@click.pass_obj
+def resume(client: Client, run_id: str, from_step: str, follow: bool, as_json: bool) -> None:
+    """Continue a failed or cancelled run from its first unfinished step.
+
+    Finished steps keep their outputs and are not run again, unless --from
+    names one: then it and every step that depends on it run again.
+    """
+    response = client.call("Resume", pb.ResumeRequest(run_id=run_id, from_step=from_step))
+    click.echo(f"{run_id}: resumed; running again: {', '.join(response.rerun_steps)}", err=True)
+    if follow:
+        sys.exit(follow_run(client, run_id, as_json))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.option(
+    "--follow/--no-follow",
+    default=True,
+    show_default=True,
+    help="Keep following a running run until it ends.",
+)
+@click.pass_obj
+def tail(client: Client, run_id: str, as_json: bool, follow: bool) -> None:
+    """Show a run's history from the start, then follow it live until it ends.
+
+    Exits 0 when the run succeeded, 1 when it failed, was cancelled, or (with
+    --no-follow) has not ended yet.
+    """
+    sys.exit(follow_run(client, run_id, as_json, follow))
 
 
 def _console() -> Console:

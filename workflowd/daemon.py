@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2
 
 from workflowd import DEFAULT_ADDRESS, __version__, logs
 from workflowd.coordinator import Coordinator
+from workflowd.engine import Limits
 from workflowd.errors import WorkflowError
 from workflowd.server import build_server
 from workflowd.store import open_store
@@ -32,14 +33,21 @@ def default_store() -> str:
     return f"sqlite://{root / 'workflowd.db'}"
 
 
-async def serve(listen: str, store_uri: str) -> None:
+async def serve(
+    listen: str, store_uri: str, heartbeat_timeout_s: float, agent_wait_s: float
+) -> None:
     store = open_store(store_uri)
     try:
         await store.open()
     except WorkflowError as exc:
         raise click.ClickException(str(exc)) from None
-    coordinator = Coordinator(store, load_plugins())
-    server, health = build_server(coordinator)
+    coordinator = Coordinator(
+        store,
+        load_plugins(),
+        heartbeat_timeout_s=heartbeat_timeout_s,
+        limits=Limits(agent_wait_ms=int(agent_wait_s * 1000)),
+    )
+    server, health = build_server(coordinator, heartbeat_interval_s=heartbeat_timeout_s / 3)
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError as exc:
@@ -96,12 +104,32 @@ async def serve(listen: str, store_uri: str) -> None:
     show_envvar=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--heartbeat-timeout",
+    "heartbeat_timeout_s",
+    default=15.0,
+    type=click.FloatRange(min=0.5),
+    envvar="WORKFLOWD_HEARTBEAT_TIMEOUT",
+    show_envvar=True,
+    help="Seconds of silence after which an agent counts as lost and its steps fail over.",
+)
+@click.option(
+    "--agent-wait-limit",
+    "agent_wait_s",
+    default=3600.0,
+    type=click.FloatRange(min=0),
+    envvar="WORKFLOWD_AGENT_WAIT_LIMIT",
+    show_envvar=True,
+    help="Seconds a step waits for a suitable agent before it fails (resumably).",
+)
 @click.version_option(__version__)
-def main(listen: str, store_uri: str, log_level: str) -> None:
+def main(
+    listen: str, store_uri: str, log_level: str, heartbeat_timeout_s: float, agent_wait_s: float
+) -> None:
     """Coordinate workflow runs across remote agents."""
     logs.configure(log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(listen, store_uri))
+        uvloop.run(serve(listen, store_uri, heartbeat_timeout_s, agent_wait_s))
 
 
 if __name__ == "__main__":

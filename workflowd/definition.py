@@ -25,6 +25,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -51,6 +52,29 @@ def _step_id(value: str) -> str:
 
 
 StepId = Annotated[str, AfterValidator(_step_id)]
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number of seconds or text such as `500ms`, `2s`, `1m30s`, `1h`."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or text like 2s, 1m30s, 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION.match(value.strip()):
+        parts = _DURATION_PART.findall(value.strip())
+        seconds = sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+    else:
+        raise ValueError(f"invalid duration {value!r}; use seconds or text like 2s, 1m30s, 1h")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
@@ -109,6 +133,17 @@ class Placement(_Frozen):
         return "coordinator"
 
 
+class RetryPolicy(_Frozen):
+    """How often a failing step is tried, and how long to wait between tries.
+
+    The wait doubles from `backoff` up to `max_backoff`, with jitter.
+    """
+
+    attempts: int = Field(default=1, ge=1, le=100)
+    backoff: Duration = 1.0
+    max_backoff: Duration = 60.0
+
+
 class Step(_Frozen):
     id: StepId
     task: Name
@@ -116,6 +151,15 @@ class Step(_Frozen):
     on: Placement = Field(default_factory=Placement)
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     needs: tuple[StepId, ...] | None = None
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout: Duration | None = None
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("timeout must be longer than zero")
+        return value
 
 
 class Workflow(_Frozen):

@@ -21,6 +21,7 @@ class AgentSession:
     plugins: dict[str, pb.PluginInfo]
     version: str
     running: set[AttemptKey] = field(default_factory=set)
+    draining: bool = False  # shutting down: finishes what it runs, takes nothing new
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
@@ -60,4 +61,4 @@ class AgentRegistry:
         return list(self._sessions.values())
 
     def views(self) -> list[AgentView]:
-        return [session.view() for session in self._sessions.values()]
+        return [session.view() for session in self._sessions.values() if not session.draining]

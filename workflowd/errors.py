@@ -50,13 +50,16 @@ class UnknownRunError(WorkflowError):
 class TaskError(WorkflowError):
     """Raised by a plugin to fail its step with a message an operator can act on.
 
-    `details` is JSON-serialisable data stored with the failure.
+    `details` is JSON-serialisable data stored with the failure. A retryable
+    failure is tried again under the step's retry policy; pass
+    `retryable=False` when trying again cannot help.
     """
 
     code = "task_error"
 
-    def __init__(self, message: str, details: object = None) -> None:
+    def __init__(self, message: str, details: object = None, retryable: bool = True) -> None:
         self.details = details
+        self.retryable = retryable
         super().__init__(message)
 
 

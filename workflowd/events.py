@@ -39,7 +39,11 @@ STEP_LOG = "step_log"
 STEP_SUCCEEDED = "step_succeeded"
 STEP_FAILED = "step_failed"
 STEP_INTERRUPTED = "step_interrupted"  # the attempt is gone; the step runs again
-RUN_TERMINAL_EVENTS = frozenset({RUN_SUCCEEDED, RUN_FAILED})
+STEP_RETRYING = "step_retrying"  # a failed step waits out its backoff, then runs again
+RUN_CANCEL_REQUESTED = "run_cancel_requested"
+RUN_CANCELLED = "run_cancelled"
+RUN_RESUMED = "run_resumed"
+RUN_TERMINAL_EVENTS = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED})
 
 
 @dataclass(frozen=True)

@@ -89,9 +89,21 @@ class EventText:
             )
         if kind == events.STEP_FAILED:
             message = str(data.get("message", "")).replace("\n", "\n    ")
-            return f"{step}: failed on {agent or 'coordinator'}: {message}"
+            undone = " (rolled back)" if data.get("rolled_back") else ""
+            return f"{step}: failed on {agent or 'coordinator'}{undone}: {message}"
         if kind == events.STEP_INTERRUPTED:
-            return f"{step}: interrupted: {data.get('reason', '')}"
+            return f"{step}: interrupted: {data.get('reason', '')}; it will run again"
+        if kind == events.STEP_RETRYING:
+            return (
+                f"{step}: retrying in {float(data.get('delay_s', 0)):.1f}s "
+                f"(try {data.get('next_try', '?')} of {data.get('attempts', '?')})"
+            )
+        if kind == events.RUN_CANCEL_REQUESTED:
+            return f"run cancel requested: {data.get('reason', '')}"
+        if kind == events.RUN_CANCELLED:
+            return "run cancelled"
+        if kind == events.RUN_RESUMED:
+            return "run resumed; running again: " + ", ".join(data.get("rerun", []))
         return f"{step}: {kind}" if step else kind
 
 
@@ -151,7 +163,12 @@ class LivePrinter:
             return
         if kind == events.STEP_STARTED:
             self._bar(step, event.get("agent", ""))
-        elif kind in (events.STEP_SUCCEEDED, events.STEP_FAILED, events.STEP_INTERRUPTED):
+        elif kind in (
+            events.STEP_SUCCEEDED,
+            events.STEP_FAILED,
+            events.STEP_INTERRUPTED,
+            events.STEP_RETRYING,
+        ):
             bar = self.bars.pop(step, None)
             if bar is not None:
                 self.progress.remove_task(bar)

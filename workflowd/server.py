@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from workflowd import __version__, engine
 from workflowd.coordinator import Coordinator
 from workflowd.dispatch import AgentSession
-from workflowd.engine import Event, RunState
+from workflowd.engine import Event, ResumeError, RunState
 from workflowd.errors import DefinitionError, Issue, UnknownRunError
 from workflowd.grpc_options import SERVER_OPTIONS
 from workflowd.rpc import workflow_pb2 as pb
@@ -72,14 +73,25 @@ def step_event(ref: pb.AttemptRef, agent: str, message: pb.StepEvent) -> Event:
             engine.STEP_SUCCEEDED, *base, {"outputs": outputs, "path": message.completed.path}
         )
     if kind == "failed":
-        data = {"error": message.failed.error, "message": message.failed.message}
+        failed = message.failed
+        data: dict[str, object] = {
+            "error": failed.error,
+            "message": failed.message,
+            "retryable": failed.retryable,
+            "rolled_back": failed.rolled_back,
+        }
+        if failed.details_json:
+            data["details"] = json.loads(failed.details_json)
         return Event(engine.STEP_FAILED, *base, data)
+    if kind == "interrupted":
+        return Event(engine.STEP_INTERRUPTED, *base, {"reason": message.interrupted.reason})
     raise ValueError(f"step event without a kind: {kind!r}")
 
 
 class AgentService(rpc.AgentServiceServicer):
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, heartbeat_interval_s: float) -> None:
         self.coordinator = coordinator
+        self.heartbeat_interval_s = heartbeat_interval_s
 
     async def Connect(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
         try:
@@ -102,7 +114,7 @@ class AgentService(rpc.AgentServiceServicer):
         await context.write(
             pb.CoordinatorMessage(
                 welcome=pb.Welcome(
-                    coordinator_version=__version__, heartbeat_interval_s=HEARTBEAT_INTERVAL_S
+                    coordinator_version=__version__, heartbeat_interval_s=self.heartbeat_interval_s
                 )
             )
         )
@@ -133,9 +145,12 @@ class AgentService(rpc.AgentServiceServicer):
             await context.write(message)
 
     async def _handle(self, session: AgentSession, message: pb.AgentMessage) -> None:
-        session.last_seen = asyncio.get_running_loop().time()
+        session.last_seen = time.monotonic()
         kind = message.WhichOneof("kind")
         if kind == "heartbeat":
+            if message.heartbeat.draining and not session.draining:
+                log.info("agent_draining", agent=session.name)
+                session.draining = True
             return
         if kind != "step":
             log.warning("agent_message_unexpected", agent=session.name, kind=kind)
@@ -147,7 +162,8 @@ class AgentService(rpc.AgentServiceServicer):
             log.warning("agent_message_malformed", agent=session.name, error=str(exc))
             return
         verdict = await self.coordinator.report(session.name, ref.run_id, event)
-        if event.type in (engine.STEP_SUCCEEDED, engine.STEP_FAILED) and verdict != engine.FOREIGN:
+        final = (engine.STEP_SUCCEEDED, engine.STEP_FAILED, engine.STEP_INTERRUPTED)
+        if event.type in final and verdict != engine.FOREIGN:
             session.send(pb.CoordinatorMessage(ack=pb.ResultAck(ref=ref)))
 
 
@@ -273,6 +289,26 @@ class ControlService(rpc.ControlServiceServicer):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.wait(), 5.0)
 
+    async def Cancel(
+        self, request: pb.CancelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelResponse:
+        try:
+            status = await self.coordinator.cancel(request.run_id, request.reason)
+        except UnknownRunError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return pb.CancelResponse(status=status)
+
+    async def Resume(
+        self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResumeResponse:
+        try:
+            rerun = await self.coordinator.resume(request.run_id, request.from_step)
+        except UnknownRunError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except ResumeError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.ResumeResponse(run_id=request.run_id, rerun_steps=rerun)
+
     async def ListAgents(
         self, request: pb.ListAgentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAgentsResponse:
@@ -294,9 +330,12 @@ class ControlService(rpc.ControlServiceServicer):
         return pb.ListAgentsResponse(agents=agents)
 
 
-def build_server(coordinator: Coordinator) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+def build_server(
+    coordinator: Coordinator, heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    rpc.add_AgentServiceServicer_to_server(AgentService(coordinator), server)
+    agent_service = AgentService(coordinator, heartbeat_interval_s)
+    rpc.add_AgentServiceServicer_to_server(agent_service, server)
     rpc.add_ControlServiceServicer_to_server(ControlService(coordinator), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -94,6 +94,11 @@ class StepContext:
     scratch_dir: Path
     report: Callable[[Report], None] = field(repr=False)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # why the step is being stopped: "cancel" (rolls back when asked) or
+    # "interrupt" (the host shuts down; the step will run again elsewhere)
+    stop_reason: str = ""
+    stop_reason_text: str = ""
+    rollback_on_cancel: bool = True
     _last_progress_s: float = field(default=0.0, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +114,13 @@ class StepContext:
         self._last_progress_s = now
         value = -1.0 if fraction is None else min(max(float(fraction), 0.0), 1.0)
         self.report(("progress", value, message))
+
+    def stop(self, reason: str, text: str = "", rollback: bool = True) -> None:
+        """Ask the plugin to stop (from the host, not from plugins)."""
+        self.stop_reason = reason
+        self.stop_reason_text = text or reason
+        self.rollback_on_cancel = rollback
+        self.cancelled.set()
 
     def raise_if_cancelled(self) -> None:
         if self.cancelled.is_set():

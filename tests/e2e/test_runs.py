@@ -145,7 +145,7 @@ def test_agent_reconnects_after_the_coordinator_restarts(cluster: Cluster, write
 
 def test_list_and_agents_show_what_happened(cluster: Cluster, write_flow) -> None:
     """list shows runs newest first; agents shows who is connected."""
-    cluster.start_agent("lister", "--label", "role=x")
+    cluster.start_agent("lister", "--label", "role=x", "--allow", "noop", "--allow", "sleep")
     first = cluster.ctl("submit", "--follow", flow(write_flow)).stdout.split()[0]
     second = cluster.ctl("submit", "--follow", flow(write_flow)).stdout.split()[0]
 
@@ -157,7 +157,7 @@ def test_list_and_agents_show_what_happened(cluster: Cluster, write_flow) -> Non
         {
             "name": "lister",
             "labels": {"role": "x"},
-            "plugins": ["files.manifest", "manifest.compare", "noop", "sleep"],
+            "plugins": ["noop", "sleep"],
             "connected": True,
             "last_seen_ms": agents[0]["last_seen_ms"],
             "version": agents[0]["version"],

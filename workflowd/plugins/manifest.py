@@ -173,6 +173,7 @@ class ManifestCompare(Task):
             raise TaskError(
                 "\n".join(lines),
                 details={"missing": missing, "extra": extra, "differing": differing},
+                retryable=False,
             )
         ctx.log.info("manifests_agree", files=len(left))
         return CompareOutputs(equal=True, files=len(left))

@@ -52,10 +52,12 @@ class Hello(_message.Message):
     def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., plugins: _Optional[_Iterable[_Union[PluginInfo, _Mapping]]] = ..., version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., held: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("running",)
+    __slots__ = ("running", "draining")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     running: _containers.RepeatedCompositeFieldContainer[AttemptRef]
-    def __init__(self, running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ...) -> None: ...
+    draining: bool
+    def __init__(self, running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class StepStarted(_message.Message):
     __slots__ = ()
@@ -86,28 +88,42 @@ class StepCompleted(_message.Message):
     def __init__(self, outputs_json: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class StepFailed(_message.Message):
-    __slots__ = ("error", "message")
+    __slots__ = ("error", "message", "retryable", "rolled_back", "details_json")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
     error: str
     message: str
-    def __init__(self, error: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    retryable: bool
+    rolled_back: bool
+    details_json: str
+    def __init__(self, error: _Optional[str] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., rolled_back: _Optional[bool] = ..., details_json: _Optional[str] = ...) -> None: ...
+
+class StepInterrupted(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class StepEvent(_message.Message):
-    __slots__ = ("ref", "started", "progress", "log", "completed", "failed")
+    __slots__ = ("ref", "started", "progress", "log", "completed", "failed", "interrupted")
     REF_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
     ref: AttemptRef
     started: StepStarted
     progress: StepProgress
     log: StepLog
     completed: StepCompleted
     failed: StepFailed
-    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., started: _Optional[_Union[StepStarted, _Mapping]] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., log: _Optional[_Union[StepLog, _Mapping]] = ..., completed: _Optional[_Union[StepCompleted, _Mapping]] = ..., failed: _Optional[_Union[StepFailed, _Mapping]] = ...) -> None: ...
+    interrupted: StepInterrupted
+    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., started: _Optional[_Union[StepStarted, _Mapping]] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., log: _Optional[_Union[StepLog, _Mapping]] = ..., completed: _Optional[_Union[StepCompleted, _Mapping]] = ..., failed: _Optional[_Union[StepFailed, _Mapping]] = ..., interrupted: _Optional[_Union[StepInterrupted, _Mapping]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "step", "heartbeat")
@@ -128,24 +144,28 @@ class Welcome(_message.Message):
     def __init__(self, coordinator_version: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
 
 class StartStep(_message.Message):
-    __slots__ = ("ref", "task", "params_json", "config_json")
+    __slots__ = ("ref", "task", "params_json", "config_json", "rollback_on_failure")
     REF_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
     ref: AttemptRef
     task: str
     params_json: str
     config_json: str
-    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[str] = ..., params_json: _Optional[str] = ..., config_json: _Optional[str] = ...) -> None: ...
+    rollback_on_failure: bool
+    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[str] = ..., params_json: _Optional[str] = ..., config_json: _Optional[str] = ..., rollback_on_failure: _Optional[bool] = ...) -> None: ...
 
 class CancelStep(_message.Message):
-    __slots__ = ("ref", "reason")
+    __slots__ = ("ref", "reason", "rollback")
     REF_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
     ref: AttemptRef
     reason: str
-    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    rollback: bool
+    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., reason: _Optional[str] = ..., rollback: _Optional[bool] = ...) -> None: ...
 
 class ResultAck(_message.Message):
     __slots__ = ("ref",)
@@ -383,3 +403,33 @@ class ListAgentsResponse(_message.Message):
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[AgentInfo]
     def __init__(self, agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("run_id", "reason")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    reason: str
+    def __init__(self, run_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    def __init__(self, status: _Optional[str] = ...) -> None: ...
+
+class ResumeRequest(_message.Message):
+    __slots__ = ("run_id", "from_step")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    from_step: str
+    def __init__(self, run_id: _Optional[str] = ..., from_step: _Optional[str] = ...) -> None: ...
+
+class ResumeResponse(_message.Message):
+    __slots__ = ("run_id", "rerun_steps")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RERUN_STEPS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    rerun_steps: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., rerun_steps: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -148,6 +148,16 @@ class ControlServiceStub:
                 request_serializer=workflowd_dot_rpc_dot_workflow__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=workflowd_dot_rpc_dot_workflow__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/workflow.v1.ControlService/Cancel',
+                request_serializer=workflowd_dot_rpc_dot_workflow__pb2.CancelRequest.SerializeToString,
+                response_deserializer=workflowd_dot_rpc_dot_workflow__pb2.CancelResponse.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/workflow.v1.ControlService/Resume',
+                request_serializer=workflowd_dot_rpc_dot_workflow__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=workflowd_dot_rpc_dot_workflow__pb2.ResumeResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -192,6 +202,18 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cancel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -224,6 +246,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=workflowd_dot_rpc_dot_workflow__pb2.ListAgentsRequest.FromString,
                     response_serializer=workflowd_dot_rpc_dot_workflow__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=workflowd_dot_rpc_dot_workflow__pb2.CancelRequest.FromString,
+                    response_serializer=workflowd_dot_rpc_dot_workflow__pb2.CancelResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=workflowd_dot_rpc_dot_workflow__pb2.ResumeRequest.FromString,
+                    response_serializer=workflowd_dot_rpc_dot_workflow__pb2.ResumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -391,6 +423,60 @@ class ControlService:
             '/workflow.v1.ControlService/ListAgents',
             workflowd_dot_rpc_dot_workflow__pb2.ListAgentsRequest.SerializeToString,
             workflowd_dot_rpc_dot_workflow__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workflow.v1.ControlService/Cancel',
+            workflowd_dot_rpc_dot_workflow__pb2.CancelRequest.SerializeToString,
+            workflowd_dot_rpc_dot_workflow__pb2.CancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workflow.v1.ControlService/Resume',
+            workflowd_dot_rpc_dot_workflow__pb2.ResumeRequest.SerializeToString,
+            workflowd_dot_rpc_dot_workflow__pb2.ResumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
