@@ -68,7 +68,9 @@ class Backoff:
         self.failures = 0
 
     def next_delay_s(self) -> float:
-        ceiling = min(self.maximum_s, self.initial_s * 2**self.failures)
+        # the exponent is bounded: 2**1024 no longer fits a float, and an agent
+        # may keep retrying for hours while its coordinator is down
+        ceiling = min(self.maximum_s, self.initial_s * 2 ** min(self.failures, 64))
         self.failures += 1
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not secrets
 

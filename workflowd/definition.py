@@ -540,7 +540,7 @@ def resolve_inputs(workflow: Workflow, given: Mapping[str, str]) -> dict[str, An
         except ValueError as exc:
             issues.append(Issue(f"input {key!r}: {exc}", f"inputs.{key}"))
     for key, spec in workflow.inputs.items():
-        if key in values:
+        if key in given:  # given with a bad value: already reported above
             continue
         if spec.required:
             issues.append(Issue(f"input {key!r} is required and has no default", f"inputs.{key}"))

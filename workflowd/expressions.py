@@ -25,7 +25,22 @@ _PATTERN = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
 _STEP_REF = re.compile(r"\bsteps\.([a-z0-9][a-z0-9_-]*)")
 _MAX_LENGTH = 2000
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+class _Environment(ImmutableSandboxedEnvironment):
+    """Reads `a.b` as the key `b` when `a` is a mapping that holds it.
+
+    Jinja prefers attributes, so an input or output named `items`, `keys` or
+    `update` would read as a dict method (or be refused by the sandbox)
+    instead of as the value. Run data is JSON: keys come first.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+_ENV = _Environment(undefined=StrictUndefined, autoescape=False)
 _ENV.globals.clear()  # no range(), dict(), lipsum(), namespace() ...
 
 

@@ -1,0 +1,216 @@
+"""How workflowctl shows a run's events to a person, one line each."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from rich.console import Console
+
+from workflowd.render import EventText, PlainPrinter, summarize_outputs
+
+
+def event(kind: str, step: str = "", at: int = 0, **fields) -> dict:
+    return {"type": kind, "step_id": step, "time_ms": at, "data": {}, **fields}
+
+
+# ------------------------------------------------------------------ summarize_outputs
+
+
+def test_summarize_outputs_scalars_and_collections():
+    """Scalars are shown as JSON, lists by item count, dicts by key count."""
+    outputs = {
+        "equal": True,
+        "files": 3,
+        "ratio": 0.5,
+        "nothing": None,
+        "root": "/srv/data",
+        "manifest": [{"path": "a"}, {"path": "b"}],
+        "meta": {"a": 1, "b": 2, "c": 3},
+    }
+
+    assert summarize_outputs(outputs) == (
+        "equal=true files=3 ratio=0.5 nothing=null root=/srv/data manifest=[2 items] meta={3 keys}"
+    )
+
+
+def test_summarize_outputs_clips_long_strings():
+    """Strings over 40 characters are cut to 40 with an ellipsis."""
+    assert summarize_outputs({"digest": "0123456789" * 6}) == (
+        "digest=" + "0123456789" * 3 + "012345678…"
+    )
+
+
+def test_summarize_no_outputs():
+    """No outputs give an empty summary."""
+    assert summarize_outputs({}) == ""
+
+
+# ------------------------------------------------------------------ EventText
+
+
+def test_run_lines():
+    """Run events read as submitted, started, succeeded with the time since submission."""
+    text = EventText()
+
+    assert text.line(event("run_submitted", at=10_000, data={"name": "provenance"})) == (
+        "run provenance submitted"
+    )
+    assert text.line(event("run_started", at=10_100)) == "run started"
+    assert text.line(event("run_succeeded", at=22_350)) == "run succeeded in 12.3s"
+
+
+def test_run_failed_shows_the_first_line():
+    """A run failure names the step and the first line of its message only."""
+    line = EventText().line(
+        event("run_failed", data={"step_id": "compare", "message": "manifests differ\n  x"})
+    )
+
+    assert line == "run failed at step compare: manifests differ"
+
+
+def test_step_lifecycle_lines():
+    """Dispatch, start and success name the step, the agent, the attempt and the time taken."""
+    text = EventText()
+
+    assert text.line(event("step_dispatched", "hash", 5_000, agent="host-a", attempt=2)) == (
+        "hash: dispatched to host-a (attempt 2)"
+    )
+    assert text.line(event("step_started", "hash", 5_100, agent="host-a")) == (
+        "hash: started on host-a"
+    )
+    done = event("step_succeeded", "hash", 7_500, agent="host-a")
+    done["data"] = {"outputs": {"files": 2, "manifest": [1, 2]}, "path": "run"}
+    assert text.line(done) == "hash: succeeded on host-a in 2.5s: files=2 manifest=[2 items]"
+
+
+def test_step_succeeded_by_check():
+    """A step whose check found the work done says the run was skipped."""
+    text = EventText()
+    text.line(event("step_dispatched", "hash", 1_000, agent="host-a", attempt=1))
+    done = event("step_succeeded", "hash", 1_200, agent="host-a")
+    done["data"] = {"outputs": {}, "path": "check"}
+
+    assert text.line(done) == "hash: succeeded on host-a in 0.2s (already done, run skipped)"
+
+
+def test_step_failed_keeps_the_report_indented():
+    """A multi-line failure keeps its lines, each continued line indented under the step."""
+    failed = event("step_failed", "compare", agent="")
+    failed["data"] = {"message": "manifests differ: 3 files\ndiffering (1):\n  a.txt"}
+
+    assert EventText().line(failed).splitlines() == [
+        "compare: failed on coordinator: manifests differ: 3 files",
+        "    differing (1):",
+        "      a.txt",
+    ]
+
+
+def test_step_failed_names_the_agent():
+    """A failure on an agent names that agent."""
+    failed = event("step_failed", "hash", agent="host-b", data={"message": "no such dir"})
+
+    assert EventText().line(failed) == "hash: failed on host-b: no such dir"
+
+
+def test_waiting_log_and_interrupted_lines():
+    """Waiting, log and interrupted events show their reason, level and message."""
+    text = EventText()
+
+    waiting = event("step_waiting", "hash", data={"reason": "agent host-a is not connected"})
+    assert text.line(waiting) == "hash: waiting: agent host-a is not connected"
+    log = event("step_log", "hash", data={"level": "warning", "message": "slow disk"})
+    assert text.line(log) == "hash: warning: slow disk"
+    gone = event("step_interrupted", "hash", data={"reason": "agent host-a disconnected"})
+    assert text.line(gone) == "hash: interrupted: agent host-a disconnected"
+
+
+@pytest.mark.parametrize(
+    ("fraction", "shown"),
+    [(0.0, "  0%"), (0.5, " 50%"), (1.0, "100%"), (-1.0, "   …")],
+)
+def test_progress_lines(fraction, shown):
+    """Progress shows a percentage, or an ellipsis when the amount is unknown."""
+    line = EventText().line(
+        event("step_progress", "hash", data={"fraction": fraction, "message": "a.txt"})
+    )
+
+    assert line == f"hash: {shown} a.txt"
+
+
+def test_progress_message_is_clipped():
+    """A long progress message is cut to 72 characters with an ellipsis."""
+    line = EventText().line(
+        event("step_progress", "hash", data={"fraction": 0.5, "message": "x" * 100})
+    )
+
+    assert line == "hash:  50% " + "x" * 71 + "…"
+
+
+def test_unknown_event_types_show_their_name():
+    """An event type this version does not know is shown by name, with its step if any."""
+    text = EventText()
+
+    assert text.line(event("step_paused", "hash")) == "hash: step_paused"
+    assert text.line(event("run_paused")) == "run_paused"
+
+
+# ------------------------------------------------------------------ PlainPrinter
+
+
+def printed(events: list[dict]) -> list[str]:
+    """What PlainPrinter writes for events, without the leading clock."""
+    out = io.StringIO()
+    printer = PlainPrinter(Console(file=out, width=200, color_system=None))
+    for item in events:
+        printer.handle(item)
+    printer.close()
+    return [line.split("  ", 1)[1] for line in out.getvalue().splitlines()]
+
+
+def progress(fraction: float, attempt: int = 1) -> dict:
+    return event(
+        "step_progress",
+        "hash",
+        attempt=attempt,
+        data={"fraction": fraction, "message": f"at {fraction}"},
+    )
+
+
+def test_plain_printer_prints_progress_at_each_new_quarter():
+    """Progress is printed only when it reaches a quarter not yet shown."""
+    fractions = [0.0, 0.1, 0.2, 0.26, 0.3, 0.24, 0.5, 0.74, 0.99, 1.0, 1.0]
+
+    lines = printed([progress(f) for f in fractions])
+
+    assert lines == [
+        "hash:   0% at 0.0",
+        "hash:  26% at 0.26",
+        "hash:  50% at 0.5",
+        "hash:  99% at 0.99",
+        "hash: 100% at 1.0",
+    ]
+
+
+def test_plain_printer_starts_over_for_a_new_attempt():
+    """A new attempt of the step shows its progress from the start again."""
+    lines = printed([progress(0.6, attempt=1), progress(0.1, attempt=2), progress(0.3, 2)])
+
+    assert lines == ["hash:  60% at 0.6", "hash:  10% at 0.1", "hash:  30% at 0.3"]
+
+
+def test_plain_printer_prints_other_events_with_a_clock():
+    """Every other event is printed, each line starting with the local time of the event."""
+    at = 1_700_000_000_000
+    out = io.StringIO()
+    printer = PlainPrinter(Console(file=out, width=200, color_system=None))
+
+    printer.handle(event("run_started", at=at))
+    printer.handle(event("step_waiting", "a", at=at, data={"reason": "[bold]x[/bold]"}))
+
+    clock = time.strftime("%H:%M:%S", time.localtime(at / 1000))
+    assert out.getvalue().splitlines() == [
+        f"{clock}  run started",
+        f"{clock}  a: waiting: [bold]x[/bold]",
+    ]
