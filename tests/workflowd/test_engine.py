@@ -135,7 +135,7 @@ def test_first_dispatch_is_attempt_one_on_the_coordinator():
 
     assert (dispatched.agent, dispatched.attempt) == (COORDINATOR, 1)
     assert dispatched.agent == "coordinator"
-    assert dispatched.data == {"task": "noop", "params": {}}
+    assert dispatched.data == {"task": "noop", "params": {}, "final": True}
     assert run.state.step("a").status == "dispatched"
     assert run.state.status == "running"
 

@@ -196,9 +196,10 @@ def test_task_error_gives_its_message_and_details(tmp_path):
 
     assert outcome == Outcome(
         False,
-        {"details": {"free_bytes": 0, "path": "/data"}},
         error="task_error",
         message="disk /data is full on host-a",
+        retryable=True,
+        details={"free_bytes": 0, "path": "/data"},
     )
 
 
@@ -206,10 +207,10 @@ def test_task_error_with_unserialisable_details(tmp_path):
     """Details that are not JSON are dropped; the message still reaches the user."""
     outcome = run_step(Refuses({"when": object()}), tmp_path)
 
-    assert (outcome.error, outcome.message, outcome.outputs) == (
+    assert (outcome.error, outcome.message, outcome.details) == (
         "task_error",
         "disk /data is full on host-a",
-        {},
+        None,
     )
 
 
@@ -217,14 +218,16 @@ def test_task_error_without_details(tmp_path):
     """A TaskError without details leaves the outputs empty."""
     outcome = run_step(Refuses(None), tmp_path)
 
-    assert (outcome.error, outcome.outputs) == ("task_error", {})
+    assert (outcome.error, outcome.details) == ("task_error", None)
 
 
 def test_crashing_plugin_gives_plugin_error(tmp_path):
     """An unexpected exception fails the step as plugin_error naming the exception type."""
     outcome = run_step(Crashes(), tmp_path)
 
-    assert outcome == Outcome(False, error="plugin_error", message="KeyError: 'missing'")
+    assert outcome == Outcome(
+        False, error="plugin_error", message="KeyError: 'missing'", retryable=True
+    )
 
 
 def test_cancellation_gives_cancelled(tmp_path):
@@ -234,7 +237,7 @@ def test_cancellation_gives_cancelled(tmp_path):
     assert (outcome.ok, outcome.error, outcome.message) == (
         False,
         "cancelled",
-        "step step-1 was cancelled",
+        "cancelled (by the plugin): step step-1 was cancelled",
     )
 
 

@@ -160,6 +160,8 @@ def test_control_service_methods_are_the_documented_ones(tmp_path):
         "ListRuns": "unary_unary",
         "Tail": "unary_stream",
         "ListAgents": "unary_unary",
+        "Cancel": "unary_unary",
+        "Resume": "unary_unary",
     }
 
 

@@ -123,7 +123,7 @@ def test_waiting_log_and_interrupted_lines():
     log = event("step_log", "hash", data={"level": "warning", "message": "slow disk"})
     assert text.line(log) == "hash: warning: slow disk"
     gone = event("step_interrupted", "hash", data={"reason": "agent host-a disconnected"})
-    assert text.line(gone) == "hash: interrupted: agent host-a disconnected"
+    assert text.line(gone) == "hash: interrupted: agent host-a disconnected; it will run again"
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ def test_cancelled_sleep_outcome(tmp_path):
     assert (outcome.ok, outcome.error, outcome.message) == (
         False,
         "cancelled",
-        "step step-1 was cancelled",
+        "cancelled (by the plugin): step step-1 was cancelled",
     )
 
 

@@ -174,7 +174,10 @@ def test_manifest_stops_when_cancelled(tree):
 
     outcome = asyncio.run(execute(FilesManifest(), ctx, {"path": str(tree)}))
 
-    assert (outcome.error, outcome.message) == ("cancelled", "step step-1 was cancelled")
+    assert (outcome.error, outcome.message) == (
+        "cancelled",
+        "cancelled (by the plugin): step step-1 was cancelled",
+    )
 
 
 # ------------------------------------------------------------------ compare
@@ -217,9 +220,8 @@ def test_compare_lists_missing_extra_and_differing(tmp_path):
         "  c",
         "  l",
     ]
-    assert outcome.outputs == {
-        "details": {"missing": ["b"], "extra": ["d"], "differing": ["c", "l"]}
-    }
+    assert outcome.details == {"missing": ["b"], "extra": ["d"], "differing": ["c", "l"]}
+    assert not outcome.retryable
 
 
 def test_compare_names_the_sides_left_and_right_by_default(tmp_path):
@@ -245,7 +247,7 @@ def test_compare_cuts_long_listings_after_twenty(tmp_path):
     assert lines[1] == "missing from host-b (25):"
     assert lines[2:22] == [f"  f{i:02}" for i in range(20)]
     assert lines[22:] == ["  ... and 5 more"]
-    assert len(outcome.outputs["details"]["missing"]) == 25
+    assert len(outcome.details["missing"]) == 25
 
 
 def test_compare_lists_exactly_twenty_without_cut_off(tmp_path):
