@@ -198,6 +198,11 @@ class Agent:
             outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
             for message in self._held.messages():
                 outbox.put_nowait(message)
+            for key, (_, ctx) in self._running.items():
+                # receives a previous stream carried are asked for again
+                for topic, after in ctx.pending_receives():
+                    receive = pb.ReceiveRequest(topic=topic, after_index=after)
+                    outbox.put_nowait(_step(key, receive=receive))
             self._outbox = outbox
             self.backoff.reset()
             self.connected.set()
@@ -269,6 +274,17 @@ class Agent:
             ref = message.ack.ref
             self._held.ack((ref.run_id, ref.step_id, ref.attempt))
             self._acked.set()
+        elif kind == "config":
+            config = json.loads(message.config.config_json)
+            for (run_id, _, _), (_, ctx) in self._running.items():
+                if run_id == message.config.run_id:
+                    ctx.update_config(config)
+        elif kind == "delivery":
+            delivery = message.delivery
+            key = (delivery.ref.run_id, delivery.ref.step_id, delivery.ref.attempt)
+            if key in self._running:
+                payload = json.loads(delivery.payload_json)
+                self._running[key][1].deliver(delivery.topic, delivery.index, payload)
         elif kind == "reject":
             raise Rejected(message.reject.reason)
 
@@ -295,16 +311,25 @@ class Agent:
             config=json.loads(start.config_json or "{}"),
             scratch_dir=scratch,
             report=lambda item: loop.call_soon_threadsafe(self._report, key, item),
+            labels=self.labels,
+            state_dir=self.work_dir / "state",
         )
         task = asyncio.create_task(self._run_step(key, start, ctx))
         self._running[key] = (task, ctx)
 
     def _report(self, key: AttemptKey, item: Report) -> None:
-        kind, value, message = item
+        kind, first, second = item
         if kind == "progress":
-            self._send(_step(key, progress=pb.StepProgress(fraction=value, message=message)))
+            self._send(_step(key, progress=pb.StepProgress(fraction=first, message=second)))
+        elif kind == "message":
+            message = pb.StepMessage(topic=first, payload_json=json.dumps(second))
+            self._send(_step(key, message=message))
+        elif kind == "output":
+            self._send(_step(key, output=pb.StepOutput(name=first, value_json=json.dumps(second))))
+        elif kind == "receive":
+            self._send(_step(key, receive=pb.ReceiveRequest(topic=first, after_index=second)))
         else:
-            self._send(_step(key, log=pb.StepLog(level=value, message=message)))
+            self._send(_step(key, log=pb.StepLog(level=first, message=second)))
 
     async def _run_step(self, key: AttemptKey, start: pb.StartStep, ctx: StepContext) -> None:
         bound = self.log.bind(run_id=key[0], step_id=key[1], attempt=key[2], task=start.task)
@@ -319,6 +344,7 @@ class Agent:
                 )
             else:
                 ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
+                ctx.state_dir.mkdir(parents=True, exist_ok=True)
                 params = json.loads(start.params_json or "{}")
                 outcome = await execute(plugin(), ctx, params, start.rollback_on_failure)
         except Exception as exc:  # noqa: BLE001 - a step's crash must not take the agent down

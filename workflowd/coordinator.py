@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,16 @@ class Notifier:
             event.set()
 
 
+@dataclass
+class Receiver:
+    """A running step waiting for the next message on a topic."""
+
+    agent: str
+    key: str
+    attempt: int
+    after_index: int
+
+
 class Coordinator:
     def __init__(
         self,
@@ -76,6 +87,10 @@ class Coordinator:
         self._gone_since: dict[str, float] = {}  # agent name -> monotonic time it went away
         self._background: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        # run id -> topic -> steps waiting for a message there
+        self._receivers: defaultdict[str, defaultdict[str, list[Receiver]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
 
     # ------------------------------------------------------------ life cycle
 
@@ -301,9 +316,14 @@ class Coordinator:
             elif event.type == engine.RUN_CANCEL_REQUESTED:
                 for step_id in state.active():
                     self._stop_attempt(run_id, step_id, state.step(step_id), "run cancelled", True)
+            elif event.type == engine.STEP_MESSAGE:
+                self._deliver_waiting(run_id, str(event.data["topic"]))
+            elif event.type == engine.RUN_CONFIG_UPDATED:
+                self._push_config(run_id, state)
         if state.finished:
             self._states.pop(run_id, None)
             self._locks.pop(run_id, None)
+            self._receivers.pop(run_id, None)
         return state
 
     def _log_event(self, run_id: str, event: Event) -> None:
@@ -393,13 +413,124 @@ class Coordinator:
                 engine.DISPATCHED
             ):
                 return engine.DUPLICATE
-            await self._commit(run_id, [event])
+            await self._commit(run_id, [event, *self._published(state, event)])
         if event.type in FINAL_EVENTS:
             session = self.agents.get(agent)
             if session is not None:
                 session.running.discard((run_id, event.step_id, event.attempt))
+            self._forget_receivers(run_id, event.step_id, event.attempt)
             await self.advance(run_id)
         return verdict
+
+    def _published(self, state: RunState, event: Event) -> list[Event]:
+        """An output that the step declares in `publish` also goes to its topic."""
+        if event.type != engine.STEP_OUTPUT:
+            return []
+        step = state.workflow.step(event.step_id.split("[", 1)[0])
+        topic = step.publish.get(str(event.data.get("name", "")))
+        if topic is None:
+            return []
+        data = {"topic": topic, "payload": event.data.get("value"), "output": event.data["name"]}
+        return [Event(engine.STEP_MESSAGE, event.step_id, event.attempt, event.agent, data)]
+
+    # ------------------------------------------------------------ messages
+
+    async def receive(
+        self, agent: str, run_id: str, key: str, attempt: int, topic: str, after_index: int
+    ) -> str:
+        """A running step asks for the next message on a topic; answered now or on arrival."""
+        state = self._states.get(run_id)
+        verdict = engine.judge(state, agent, key, attempt) if state else engine.STALE
+        if state is None or verdict != engine.ACCEPT:
+            log.warning(
+                "receive_rejected", run_id=run_id, step_id=key, agent=agent, verdict=verdict
+            )
+            return verdict
+        waiting = self._receivers[run_id][topic]
+        waiting[:] = [r for r in waiting if (r.key, r.attempt) != (key, attempt)]
+        waiting.append(Receiver(agent, key, attempt, after_index))
+        self._deliver_waiting(run_id, topic)
+        return verdict
+
+    def _deliver_waiting(self, run_id: str, topic: str) -> None:
+        state = self._states.get(run_id)
+        waiting = self._receivers.get(run_id, {}).get(topic, [])
+        if state is None or not waiting:
+            return
+        still = []
+        for receiver in waiting:
+            found = engine.next_message(state, topic, receiver.key, receiver.after_index)
+            if found is None:
+                still.append(receiver)
+            else:
+                self._deliver(run_id, receiver, topic, *found)
+        waiting[:] = still
+
+    def _deliver(
+        self, run_id: str, receiver: Receiver, topic: str, index: int, payload: Any
+    ) -> None:
+        if receiver.agent == COORDINATOR:
+            local = self._local.get((run_id, receiver.key, receiver.attempt))
+            if local is not None:
+                local[1].deliver(topic, index, payload)
+            return
+        session = self.agents.get(receiver.agent)
+        if session is None:
+            return  # the agent asks again after it reconnects
+        ref = pb.AttemptRef(run_id=run_id, step_id=receiver.key, attempt=receiver.attempt)
+        delivery = pb.Delivery(ref=ref, topic=topic, index=index, payload_json=json.dumps(payload))
+        session.send(pb.CoordinatorMessage(delivery=delivery))
+
+    def _forget_receivers(self, run_id: str, key: str, attempt: int) -> None:
+        for waiting in self._receivers.get(run_id, {}).values():
+            waiting[:] = [r for r in waiting if (r.key, r.attempt) != (key, attempt)]
+
+    # ------------------------------------------------- config and signals
+
+    async def update_config(self, run_id: str, key: str, value: Any) -> dict[str, Any]:
+        """Change one key of a running run's configuration and push it to its steps."""
+        state = await self.run_state(run_id)
+        if state.finished:
+            raise engine.ResumeError(f"run {run_id} is {state.status}; its configuration is final")
+        async with self._locks[run_id]:
+            config = {**self._states[run_id].config, key: value}
+            data = {"key": key, "value": value, "config": config}
+            await self._commit(run_id, [Event(engine.RUN_CONFIG_UPDATED, data=data)])
+        await self.advance(run_id)
+        return config
+
+    def _push_config(self, run_id: str, state: RunState) -> None:
+        message = pb.CoordinatorMessage(
+            config=pb.ConfigUpdate(run_id=run_id, config_json=json.dumps(dict(state.config)))
+        )
+        told = set()
+        for key in state.active():
+            agent = state.step(key).agent
+            if agent == COORDINATOR:
+                local = self._local.get((run_id, key, state.step(key).attempt))
+                if local is not None:
+                    local[1].update_config(state.config)
+            elif agent not in told and (session := self.agents.get(agent)) is not None:
+                session.send(message)
+                told.add(agent)
+
+    async def signal(self, run_id: str, name: str, payload: Any) -> list[str]:
+        """Record a signal for a run; wait steps for it go on."""
+        state = await self.run_state(run_id)
+        if state.finished:
+            raise engine.ResumeError(f"run {run_id} is {state.status}; it takes no signals")
+        waiting = [
+            s.id
+            for s in state.workflow.steps
+            if s.wait is not None
+            and s.wait.signal == name
+            and state.step(s.id).status == "waiting"
+        ]
+        async with self._locks[run_id]:
+            data = {"name": name, "payload": payload}
+            await self._commit(run_id, [Event(engine.RUN_SIGNALLED, data=data)])
+        await self.advance(run_id)
+        return waiting
 
     def _rejected(self, verdict: str, agent: str, run_id: str, event: Event) -> str:
         """Log a report that changes nothing; a re-sent duplicate is routine."""
@@ -431,12 +562,15 @@ class Coordinator:
             config=self._states[run_id].config,
             scratch_dir=self.scratch_root / run_id / f"{step_id}-{attempt}",
             report=lambda item: loop.call_soon_threadsafe(queue.put_nowait, item),
+            state_dir=self.scratch_root / "state",
         )
 
         async def forward() -> None:
             while (item := await queue.get()) is not None:
-                kind, value, message = item
-                await self.report(COORDINATOR, run_id, _report_event(key, kind, value, message))
+                if item[0] == "receive":
+                    await self.receive(COORDINATOR, run_id, step_id, attempt, item[1], item[2])
+                else:
+                    await self.report(COORDINATOR, run_id, report_event(key, COORDINATOR, item))
 
         async def run() -> None:
             forwarder = asyncio.create_task(forward())
@@ -445,6 +579,7 @@ class Coordinator:
                     COORDINATOR, run_id, Event(engine.STEP_STARTED, step_id, attempt, COORDINATOR)
                 )
                 ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
+                ctx.state_dir.mkdir(parents=True, exist_ok=True)
                 outcome = await execute(self.plugins[task_name](), ctx, params, final)
                 # reports from worker threads were queued before execute returned
                 queue.put_nowait(None)
@@ -537,13 +672,20 @@ class Coordinator:
             log.info("agent_disconnected", agent=session.name)
 
 
-def _report_event(key: AttemptKey, kind: str, value: Any, message: str) -> Event:
+def report_event(key: AttemptKey, agent: str, item: Report) -> Event:
+    """The history event for what a running step reported (all but receive requests)."""
     _, step_id, attempt = key
+    kind, first, second = item
     if kind == "progress":
-        data = {"fraction": value, "message": message}
-        return Event(engine.STEP_PROGRESS, step_id, attempt, COORDINATOR, data)
-    data = {"level": value, "message": message}
-    return Event(engine.STEP_LOG, step_id, attempt, COORDINATOR, data)
+        data = {"fraction": first, "message": second}
+        return Event(engine.STEP_PROGRESS, step_id, attempt, agent, data)
+    if kind == "message":
+        return Event(
+            engine.STEP_MESSAGE, step_id, attempt, agent, {"topic": first, "payload": second}
+        )
+    if kind == "output":
+        return Event(engine.STEP_OUTPUT, step_id, attempt, agent, {"name": first, "value": second})
+    return Event(engine.STEP_LOG, step_id, attempt, agent, {"level": first, "message": second})
 
 
 def outcome_event(key: AttemptKey, agent: str, outcome: Outcome) -> Event:

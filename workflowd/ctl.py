@@ -215,6 +215,50 @@ def resume(client: Client, run_id: str, from_step: str, follow: bool, as_json: b
         sys.exit(follow_run(client, run_id, as_json))
 
 
+def _json_or_text(text: str) -> str:
+    """A value given on the command line, as JSON: numbers, booleans, objects stay
+    what they are; anything that is not JSON is a string."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return json.dumps(text)
+    return text
+
+
+@main.group()
+def config() -> None:
+    """Change a running run's configuration."""
+
+
+@config.command(name="set")
+@click.argument("run_id")
+@click.argument("assignment", metavar="KEY=VALUE")
+@click.pass_obj
+def config_set(client: Client, run_id: str, assignment: str) -> None:
+    """Set KEY to VALUE (JSON, or else text) and push it to the run's running steps."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{assignment!r} is not KEY=VALUE", param_hint="KEY=VALUE")
+    request = pb.UpdateConfigRequest(run_id=run_id, key=key, value_json=_json_or_text(value))
+    response = client.call("UpdateConfig", request)
+    click.echo(response.config_json)
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("name")
+@click.argument("payload", required=False, default="")
+@click.pass_obj
+def signal(client: Client, run_id: str, name: str, payload: str) -> None:
+    """Send signal NAME to a run; a wait step for it goes on, with PAYLOAD as its output."""
+    request = pb.SignalRequest(
+        run_id=run_id, name=name, payload_json=_json_or_text(payload) if payload else ""
+    )
+    response = client.call("Signal", request)
+    waiting = ", ".join(response.waiting_steps) or "no step yet; kept for the first that waits"
+    click.echo(f"{run_id}: signal {name} delivered to {waiting}")
+
+
 @main.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")

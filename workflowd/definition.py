@@ -100,6 +100,7 @@ class Placement(_Frozen):
 
     agent: Name | None = None
     labels: dict[str, str] | None = None
+    all: bool = False  # with labels: one instance on every matching agent
 
     @model_validator(mode="before")
     @classmethod
@@ -119,6 +120,8 @@ class Placement(_Frozen):
             raise ValueError("give either agent or labels, not both")
         if self.labels is not None and not self.labels:
             raise ValueError("labels needs at least one KEY: VALUE")
+        if self.all and self.labels is None:
+            raise ValueError("all: true fans out over labels; give labels: {KEY: VALUE}")
         return self
 
     @property
@@ -129,7 +132,8 @@ class Placement(_Frozen):
         if self.agent is not None:
             return f"agent {self.agent}"
         if self.labels is not None:
-            return "labels " + ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
+            labels = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
+            return f"every agent with {labels}" if self.all else f"labels {labels}"
         return "coordinator"
 
 
@@ -144,15 +148,36 @@ class RetryPolicy(_Frozen):
     max_backoff: Duration = 60.0
 
 
+class Wait(_Frozen):
+    """A step that runs nothing: it pauses its branch until a signal arrives."""
+
+    signal: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
+    timeout: Duration | None = None
+
+
+class Strategy(_Frozen):
+    """How a fan-out step rolls over its agents."""
+
+    max_parallel: int | None = Field(default=None, ge=1)
+    max_failures: int = Field(default=0, ge=0)
+
+
+Topic = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/-]{1,200}$")]
+
+
 class Step(_Frozen):
     id: StepId
-    task: Name
+    task: Name | None = None
+    wait: Wait | None = None
     description: str = ""
     on: Placement = Field(default_factory=Placement)
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     needs: tuple[StepId, ...] | None = None
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     timeout: Duration | None = None
+    when: str | bool | None = None
+    publish: dict[str, Topic] = Field(default_factory=dict)  # output name -> topic
+    strategy: Strategy | None = None
 
     @field_validator("timeout")
     @classmethod
@@ -160,6 +185,27 @@ class Step(_Frozen):
         if value is not None and value <= 0:
             raise ValueError("timeout must be longer than zero")
         return value
+
+    @field_validator("when")
+    @classmethod
+    def _condition(cls, value: str | bool | None) -> str | bool | None:
+        if isinstance(value, str) and not re.fullmatch(r"\s*\$\{\{.*\}\}\s*", value, re.DOTALL):
+            raise ValueError("when is one expression, written ${{ ... }}")
+        return value
+
+    @model_validator(mode="after")
+    def _kind(self) -> Step:
+        if (self.task is None) == (self.wait is None):
+            raise ValueError("a step has either task: PLUGIN or wait: {signal: NAME}")
+        if self.wait is not None and (self.with_ or self.publish or not self.on.on_coordinator):
+            raise ValueError("a wait step takes no with, publish or on")
+        if self.strategy is not None and not self.on.all:
+            raise ValueError("strategy applies to fan-out steps (on: {labels: ..., all: true})")
+        return self
+
+    @property
+    def fans_out(self) -> bool:
+        return self.on.all
 
 
 class Workflow(_Frozen):
@@ -414,7 +460,9 @@ def _meaning(workflow: Workflow, filename: str, positions: Positions) -> list[Is
         return [_issue(str(exc), ("steps",), filename, positions)]
 
     for index, step in enumerate(workflow.steps):
-        for path, expr in expressions.find(step.with_, ("steps", index, "with")):
+        found = list(expressions.find(step.with_, ("steps", index, "with")))
+        found += list(expressions.find(step.when, ("steps", index, "when")))
+        for path, expr in found:
             issues.extend(
                 _check_expression(
                     workflow, step, expr, ancestors[step.id], path, filename, positions
@@ -488,6 +536,8 @@ def check_tasks(
     _, positions = _parse_yaml(text, filename)
     issues = []
     for index, step in enumerate(workflow.steps):
+        if step.task is None:
+            continue  # a wait step runs no plugin
         schema = schemas.get(step.task)
         if schema is None:
             known = ", ".join(sorted(schemas)) or "none"

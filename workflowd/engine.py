@@ -4,16 +4,21 @@ A run's state is the fold of its events (`apply`). `decide` looks at a state,
 the agents connected now, the time, and which agents have gone silent, and
 returns the events that should happen next: dispatching ready steps, giving
 up on attempts that timed out or whose agent is lost, scheduling retries,
-recording why a step waits, finishing the run. The coordinator stores those
-events, applies them, and carries out their effects. `judge` tells whether a
-report from an agent belongs to the attempt the run is waiting for, and
-`resume_plan` which steps a resume runs again.
+fanning a step out over agents, settling wait steps from signals, recording
+why a step waits, finishing the run. The coordinator stores those events,
+applies them, and carries out their effects. `judge` tells whether a report
+from an agent belongs to the attempt the run waits for, and `resume_plan`
+which steps a resume runs again.
+
+A fan-out step runs as instances, one per agent, kept in the state under the
+key `STEP[AGENT]`; the engine treats each like a step pinned to its agent and
+settles the fan-out step from them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,22 +33,29 @@ from workflowd.events import (  # noqa: F401 - the engine's vocabulary, re-expor
     PENDING,
     RUN_CANCEL_REQUESTED,
     RUN_CANCELLED,
+    RUN_CONFIG_UPDATED,
     RUN_FAILED,
     RUN_FINISHED,
     RUN_RESUMED,
+    RUN_SIGNALLED,
     RUN_STARTED,
     RUN_SUBMITTED,
     RUN_SUCCEEDED,
     RUN_TERMINAL_EVENTS,
     RUNNING,
+    SKIPPED,
     STEP_ACTIVE,
     STEP_DISPATCHED,
     STEP_FAILED,
+    STEP_FANNED_OUT,
     STEP_FINISHED,
     STEP_INTERRUPTED,
     STEP_LOG,
+    STEP_MESSAGE,
+    STEP_OUTPUT,
     STEP_PROGRESS,
     STEP_RETRYING,
+    STEP_SKIPPED,
     STEP_STARTED,
     STEP_SUCCEEDED,
     STEP_WAITING,
@@ -52,6 +64,8 @@ from workflowd.events import (  # noqa: F401 - the engine's vocabulary, re-expor
     Event,
 )
 
+DONE = frozenset({SUCCEEDED, SKIPPED})
+
 
 @dataclass(frozen=True)
 class StepState:
@@ -59,7 +73,9 @@ class StepState:
     attempt: int = 0  # the latest attempt's number; never reused within a run
     tries: int = 0  # attempts counted against the retry policy since the last resume
     agent: str = ""
+    target: str = ""  # for a fan-out instance: the agent it belongs to
     outputs: Mapping[str, Any] | None = None
+    partial: Mapping[str, Any] = field(default_factory=dict)  # outputs set while running
     path: str = ""  # "check" when the step was found already done, "run" otherwise
     error: str = ""
     retryable: bool = False
@@ -82,6 +98,9 @@ class RunState:
     steps: Mapping[str, StepState] = field(default_factory=dict)
     error: str = ""
     cancel_requested: bool = False
+    signals: tuple[tuple[str, Any], ...] = ()  # (name, payload) in arrival order
+    signals_used: Mapping[str, int] = field(default_factory=dict)
+    topics: Mapping[str, tuple[tuple[str, Any], ...]] = field(default_factory=dict)
     last_seq: int = 0
 
     def step(self, step_id: str) -> StepState:
@@ -91,8 +110,24 @@ class RunState:
     def finished(self) -> bool:
         return self.status in RUN_FINISHED
 
+    def units(self) -> Iterator[tuple[str, Step]]:
+        """Everything that runs as an attempt: plain steps and fan-out instances."""
+        for step in self.workflow.steps:
+            if step.fans_out:
+                for key in self.instances(step.id):
+                    yield key, step
+            elif step.task is not None:
+                yield step.id, step
+
+    def instances(self, step_id: str) -> list[str]:
+        prefix = f"{step_id}["
+        return [key for key in self.steps if key.startswith(prefix)]
+
     def active(self) -> list[str]:
-        return [s.id for s in self.workflow.steps if self.step(s.id).status in STEP_ACTIVE]
+        return [key for key, _ in self.units() if self.step(key).status in STEP_ACTIVE]
+
+    def knows(self, key: str) -> bool:
+        return key in self.workflow.step_ids or ("[" in key and key in self.steps)
 
 
 @dataclass(frozen=True)
@@ -122,6 +157,10 @@ def initial(
     return RunState(run_id, workflow, dict(inputs), dict(config))
 
 
+def instance_key(step_id: str, agent: str) -> str:
+    return f"{step_id}[{agent}]"
+
+
 # ------------------------------------------------------------------ apply
 
 
@@ -147,8 +186,15 @@ def _apply_run(state: RunState, event: Event) -> RunState:
     if kind == RUN_RESUMED:
         steps = dict(state.steps)
         for step_id in data.get("rerun", []):
+            for key in state.instances(step_id):
+                del steps[key]
             steps[step_id] = StepState(attempt=state.step(step_id).attempt)
         return replace(state, status=RUNNING, error="", cancel_requested=False, steps=steps)
+    if kind == RUN_CONFIG_UPDATED:
+        return replace(state, config=dict(data.get("config", {})))
+    if kind == RUN_SIGNALLED:
+        signal = (str(data.get("name", "")), data.get("payload"))
+        return replace(state, signals=(*state.signals, signal))
     return state
 
 
@@ -179,20 +225,44 @@ def _apply_step(state: RunState, event: Event) -> RunState:
             retryable=False,
             abandoned=False,
             outputs=None,
+            partial={},
             started_ms=event.time_ms,
             finished_ms=0,
         )
     if kind == STEP_STARTED:
         return _with_step(state, step_id, status=RUNNING)
+    if kind == STEP_OUTPUT:
+        partial = {**current.partial, str(data.get("name", "")): data.get("value")}
+        return _with_step(state, step_id, partial=partial)
+    if kind == STEP_MESSAGE:
+        topic = str(data.get("topic", ""))
+        sent = (*state.topics.get(topic, ()), (step_id, data.get("payload")))
+        return replace(state, topics={**state.topics, topic: sent})
     if kind == STEP_SUCCEEDED:
+        if "signal" in data:
+            used = dict(state.signals_used)
+            used[data["signal"]] = used.get(data["signal"], 0) + 1
+            state = replace(state, signals_used=used)
         return _with_step(
             state,
             step_id,
             status=SUCCEEDED,
-            outputs=dict(data.get("outputs", {})),
+            outputs={**current.partial, **dict(data.get("outputs", {}))},
             path=str(data.get("path", "run")),
+            waiting_reason="",
+            started_ms=current.started_ms or current.waiting_since_ms or event.time_ms,
             finished_ms=event.time_ms,
         )
+    if kind == STEP_SKIPPED:
+        return _with_step(state, step_id, status=SKIPPED, outputs={}, finished_ms=event.time_ms)
+    if kind == STEP_FANNED_OUT:
+        state = _with_step(
+            state, step_id, status=RUNNING, started_ms=event.time_ms, waiting_reason=""
+        )
+        steps = dict(state.steps)
+        for agent in data.get("agents", []):
+            steps[instance_key(step_id, agent)] = StepState(target=agent)
+        return replace(state, steps=steps)
     if kind == STEP_FAILED:
         failed_on = current.failed_on
         if event.agent and event.agent != COORDINATOR:
@@ -225,7 +295,7 @@ def _apply_step(state: RunState, event: Event) -> RunState:
 def apply(state: RunState, event: Event) -> RunState:
     """The state after one event. Unknown event types change nothing but `last_seq`."""
     state = replace(state, last_seq=max(state.last_seq, event.seq))
-    if event.step_id and event.step_id in state.workflow.step_ids:
+    if event.step_id and (state.knows(event.step_id) or event.type == STEP_FANNED_OUT):
         return _apply_step(state, event)
     return _apply_run(state, event)
 
@@ -244,14 +314,17 @@ def expression_context(state: RunState) -> dict[str, Any]:
         "inputs": dict(state.inputs),
         "config": dict(state.config),
         "steps": {
-            step_id: {"outputs": dict(step.outputs or {}), "status": step.status}
-            for step_id, step in state.steps.items()
+            step.id: {
+                "outputs": dict(state.step(step.id).outputs or {}),
+                "status": state.step(step.id).status,
+            }
+            for step in state.workflow.steps
         },
         "run": {"id": state.run_id, "name": state.workflow.name},
     }
 
 
-def backoff_ms(run_id: str, step: Step, tries: int) -> int:
+def backoff_ms(run_id: str, step: Step, tries: int, key: str = "") -> int:
     """The wait before try `tries + 1`: doubling, capped, with jitter.
 
     The jitter is derived from the run, step and try, so that the decision
@@ -259,7 +332,7 @@ def backoff_ms(run_id: str, step: Step, tries: int) -> int:
     """
     policy = step.retry
     ceiling_s = min(policy.max_backoff, policy.backoff * 2 ** max(tries - 1, 0))
-    digest = hashlib.sha256(f"{run_id}/{step.id}/{tries}".encode()).digest()
+    digest = hashlib.sha256(f"{run_id}/{key or step.id}/{tries}".encode()).digest()
     fraction = int.from_bytes(digest[:4], "big") / 2**32
     return int(ceiling_s * (0.5 + 0.5 * fraction) * 1000)
 
@@ -267,8 +340,8 @@ def backoff_ms(run_id: str, step: Step, tries: int) -> int:
 def _abandon(state: RunState, now_ms: int, lost: frozenset[str]) -> list[Event]:
     """Give up on attempts whose agent is lost or whose time is up."""
     events = []
-    for step in state.workflow.steps:
-        current = state.step(step.id)
+    for key, step in state.units():
+        current = state.step(key)
         if current.status not in STEP_ACTIVE:
             continue
         if current.agent in lost:
@@ -280,16 +353,16 @@ def _abandon(state: RunState, now_ms: int, lost: frozenset[str]) -> list[Event]:
         else:
             continue
         data = {"error": error, "message": message, "retryable": True, "abandon": True}
-        events.append(Event(STEP_FAILED, step.id, current.attempt, current.agent, data))
+        events.append(Event(STEP_FAILED, key, current.attempt, current.agent, data))
     return events
 
 
 def _retries(state: RunState, now_ms: int) -> list[Event]:
     events = []
-    for step in state.workflow.steps:
-        current = state.step(step.id)
+    for key, step in state.units():
+        current = state.step(key)
         if current.status == FAILED and current.retryable and current.tries < step.retry.attempts:
-            delay_ms = backoff_ms(state.run_id, step, current.tries)
+            delay_ms = backoff_ms(state.run_id, step, current.tries, key)
             data = {
                 "delay_s": delay_ms / 1000,
                 "not_before_ms": now_ms + delay_ms,
@@ -297,22 +370,35 @@ def _retries(state: RunState, now_ms: int) -> list[Event]:
                 "next_try": current.tries + 1,
                 "attempts": step.retry.attempts,
             }
-            events.append(Event(STEP_RETRYING, step.id, current.attempt, data=data))
+            events.append(Event(STEP_RETRYING, key, current.attempt, data=data))
     return events
 
 
-def _waited_too_long(state: RunState, now_ms: int, limits: Limits) -> list[Event]:
+def _expired(state: RunState, now_ms: int, limits: Limits) -> list[Event]:
+    """Waits that went on too long: for an agent, or for a signal."""
     events = []
     for step in state.workflow.steps:
-        current = state.step(step.id)
-        waited_ms = now_ms - current.waiting_since_ms
-        if current.status == WAITING and waited_ms > limits.agent_wait_ms:
-            message = (
-                f"gave up waiting after {limits.agent_wait_ms / 1000:g}s: "
-                f"{current.waiting_reason}; resume the run once it can be placed"
-            )
-            data = {"error": "agent_unavailable", "message": message, "retryable": False}
-            events.append(Event(STEP_FAILED, step.id, current.attempt, data=data))
+        keys = state.instances(step.id) if step.fans_out else [step.id]
+        for key in keys:
+            current = state.step(key)
+            if current.status != WAITING:
+                continue
+            waited_ms = now_ms - current.waiting_since_ms
+            if step.wait is not None:
+                if step.wait.timeout is None or waited_ms <= step.wait.timeout * 1000:
+                    continue
+                message = f"no signal {step.wait.signal!r} within {step.wait.timeout:g}s"
+                error = "signal_timeout"
+            elif waited_ms > limits.agent_wait_ms:
+                message = (
+                    f"gave up waiting after {limits.agent_wait_ms / 1000:g}s: "
+                    f"{current.waiting_reason}; resume the run once it can be placed"
+                )
+                error = "agent_unavailable"
+            else:
+                continue
+            data = {"error": error, "message": message, "retryable": False}
+            events.append(Event(STEP_FAILED, key, current.attempt, data=data))
     return events
 
 
@@ -339,6 +425,8 @@ def decide(
         return start + ([] if active else [Event(RUN_CANCELLED)])
     if retries := _retries(state, now_ms):
         return start + retries
+    if settled := _settle_fanouts(state):
+        return start + settled
 
     failed = [s.id for s in state.workflow.steps if state.step(s.id).status == FAILED]
     if failed:
@@ -346,37 +434,73 @@ def decide(
             return start
         data = {"step_id": failed[0], "message": state.step(failed[0]).error, "failed": failed}
         return [*start, Event(RUN_FAILED, data=data)]
-    if all(state.step(s.id).status == SUCCEEDED for s in state.workflow.steps):
+    if all(state.step(s.id).status in DONE for s in state.workflow.steps):
         return [*start, Event(RUN_SUCCEEDED)]
-    if expired := _waited_too_long(state, now_ms, limits):
+    if expired := _expired(state, now_ms, limits):
         return start + expired
 
     load: dict[str, int] = {}
     events = list(start)
+    context = expression_context(state)
     for step in state.workflow.steps:
-        if _ready(state, step, now_ms):
-            event = _dispatch_or_wait(state, step, agents, load)
+        if step.fans_out and state.step(step.id).status == RUNNING:
+            events += _dispatch_instances(state, step, agents, load, now_ms, context)
+        elif _ready(state, step.id, step, now_ms):
+            event = _start_step(state, step, agents, load, context)
             if event is not None:
                 events.append(event)
     return events
 
 
-def _ready(state: RunState, step: Step, now_ms: int) -> bool:
-    current = state.step(step.id)
+def _ready(state: RunState, key: str, step: Step, now_ms: int) -> bool:
+    current = state.step(key)
     if current.status not in (PENDING, WAITING) or now_ms < current.not_before_ms:
         return False
     deps = state.workflow.dependencies(step.id)
-    return all(state.step(dep).status == SUCCEEDED for dep in deps)
+    return all(state.step(dep).status in DONE for dep in deps)
 
 
-def _place(
-    step: Step, avoid: tuple[str, ...], agents: Sequence[AgentView], load: dict[str, int]
-) -> tuple[str, str]:
-    """The agent to run a step on, or ("", why it has to wait).
+def _start_step(
+    state: RunState,
+    step: Step,
+    agents: Sequence[AgentView],
+    load: dict[str, int],
+    context: dict[str, Any],
+) -> Event | None:
+    """A ready step: skip it, settle or wait for its signal, fan it out, or dispatch it."""
+    current = state.step(step.id)
+    if step.when is not None and current.status == PENDING and current.attempt == 0:
+        try:
+            wanted = expressions.render(step.when, context, state.workflow.step_ids)
+        except expressions.ExpressionError as exc:
+            data = {"error": "expression_error", "message": f"when: {exc}", "retryable": False}
+            return Event(STEP_FAILED, step.id, data=data)
+        if not wanted:
+            return Event(STEP_SKIPPED, step.id, data={"when": str(step.when)})
+    if step.wait is not None:
+        return _await_signal(state, step)
+    if step.fans_out:
+        return _fan_out(state, step, agents)
+    return _dispatch_or_wait(state, step.id, step, agents, load, context)
 
-    Among suitable agents the least loaded wins, preferring agents on which
-    the step has not failed before, so that a retry moves to a healthy host.
-    """
+
+def _await_signal(state: RunState, step: Step) -> Event | None:
+    name = step.wait.signal if step.wait else ""
+    matching = [payload for signal, payload in state.signals if signal == name]
+    used = state.signals_used.get(name, 0)
+    if len(matching) > used:
+        payload = matching[used]
+        outputs = payload if isinstance(payload, dict) else {"payload": payload}
+        data = {"outputs": outputs, "path": "signal", "signal": name}
+        return Event(STEP_SUCCEEDED, step.id, data=data)
+    reason = f"waiting for signal {name}"
+    if state.step(step.id).status == WAITING:
+        return None
+    return Event(STEP_WAITING, step.id, data={"reason": reason})
+
+
+def _matching(step: Step, agents: Sequence[AgentView]) -> tuple[list[AgentView], str]:
+    """Agents that fit a step's placement and have its plugin, or why there are none."""
     where = step.on
     if where.agent is not None:
         matching = [a for a in agents if a.name == where.agent]
@@ -384,57 +508,167 @@ def _place(
     else:
         wanted = dict(where.labels or {})
         matching = [a for a in agents if all(a.labels.get(k) == v for k, v in wanted.items())]
-        absent = f"no connected agent has {where.describe()}"
+        labels = ",".join(f"{k}={v}" for k, v in sorted(wanted.items()))
+        absent = f"no connected agent has labels {labels}"
     if not matching:
-        return "", absent
+        return [], absent
     able = [a for a in matching if step.task in a.plugins]
     if not able:
         names = ", ".join(sorted(a.name for a in matching))
-        return "", f"task {step.task} is not available on {names}"
+        return [], f"task {step.task} is not available on {names}"
+    return able, ""
+
+
+def _fan_out(state: RunState, step: Step, agents: Sequence[AgentView]) -> Event | None:
+    able, reason = _matching(step, agents)
+    if not able:
+        current = state.step(step.id)
+        if current.status == WAITING and current.waiting_reason == reason:
+            return None
+        return Event(STEP_WAITING, step.id, data={"reason": reason})
+    names = sorted(a.name for a in able)
+    return Event(STEP_FANNED_OUT, step.id, data={"agents": names})
+
+
+def _dispatch_instances(
+    state: RunState,
+    step: Step,
+    agents: Sequence[AgentView],
+    load: dict[str, int],
+    now_ms: int,
+    context: dict[str, Any],
+) -> list[Event]:
+    keys = state.instances(step.id)
+    statuses = [state.step(key).status for key in keys]
+    strategy = step.strategy
+    if strategy is not None and statuses.count(FAILED) > strategy.max_failures:
+        return []  # stopping: no new instance starts
+    limit = strategy.max_parallel if strategy and strategy.max_parallel else len(keys)
+    room = limit - sum(status in STEP_ACTIVE for status in statuses)
+    events = []
+    for key in keys:
+        if room <= 0:
+            break
+        if _ready(state, key, step, now_ms):
+            event = _dispatch_or_wait(state, key, step, agents, load, context)
+            if event is not None:
+                events.append(event)
+                room -= event.type == STEP_DISPATCHED
+    return events
+
+
+def _settle_fanouts(state: RunState) -> list[Event]:
+    """A fan-out step ends once its instances have, or fails past max_failures."""
+    events = []
+    for step in state.workflow.steps:
+        if not step.fans_out or state.step(step.id).status != RUNNING:
+            continue
+        keys = state.instances(step.id)
+        failed = [k for k in keys if state.step(k).status == FAILED]
+        active = [k for k in keys if state.step(k).status in STEP_ACTIVE]
+        allowed = step.strategy.max_failures if step.strategy else 0
+        finished = all(state.step(k).status in (SUCCEEDED, FAILED) for k in keys)
+        if active or not (finished or len(failed) > allowed):
+            continue
+        if len(failed) > allowed:
+            reasons = "; ".join(
+                f"{state.step(k).target}: {(state.step(k).error or 'failed').splitlines()[0]}"
+                for k in failed
+            )
+            message = (
+                f"{len(failed)} of {len(keys)} instances failed "
+                f"(max_failures {allowed}): {reasons}"
+            )
+            data = {"error": "fanout_failed", "message": message, "retryable": False}
+            events.append(Event(STEP_FAILED, step.id, data=data))
+            continue
+        outputs = {
+            state.step(k).target: dict(state.step(k).outputs or {})
+            for k in keys
+            if state.step(k).status == SUCCEEDED
+        }
+        failed_on = [state.step(k).target for k in failed]
+        data = {"outputs": outputs, "path": "fanout", "failed": failed_on}
+        events.append(Event(STEP_SUCCEEDED, step.id, data=data))
+    return events
+
+
+def _place(
+    step: Step,
+    key: str,
+    current: StepState,
+    agents: Sequence[AgentView],
+    load: dict[str, int],
+) -> tuple[str, str]:
+    """The agent to run a unit on, or ("", why it has to wait).
+
+    Among suitable agents the least loaded wins, preferring agents on which
+    the step has not failed before, so that a retry moves to a healthy host.
+    A fan-out instance only ever runs on its own agent.
+    """
+    if current.target:
+        pinned = [a for a in agents if a.name == current.target]
+        if not pinned:
+            return "", f"agent {current.target} is not connected"
+        if step.task not in pinned[0].plugins:
+            return "", f"task {step.task} is not available on {current.target}"
+        return current.target, ""
+    able, reason = _matching(step, agents)
+    if not able:
+        return "", reason
+    avoid = current.failed_on
     chosen = min(able, key=lambda a: (a.name in avoid, load.get(a.name, a.running), a.name))
     load[chosen.name] = load.get(chosen.name, chosen.running) + 1
     return chosen.name, ""
 
 
 def _dispatch_or_wait(
-    state: RunState, step: Step, agents: Sequence[AgentView], load: dict[str, int]
+    state: RunState,
+    key: str,
+    step: Step,
+    agents: Sequence[AgentView],
+    load: dict[str, int],
+    context: dict[str, Any],
 ) -> Event | None:
-    current = state.step(step.id)
+    current = state.step(key)
     attempt = current.attempt + 1
     if step.on.on_coordinator:
         agent = COORDINATOR
     else:
-        agent, reason = _place(step, current.failed_on, agents, load)
+        agent, reason = _place(step, key, current, agents, load)
         if not agent:
             if current.status == WAITING and current.waiting_reason == reason:
                 return None
-            return Event(STEP_WAITING, step.id, data={"reason": reason})
+            return Event(STEP_WAITING, key, data={"reason": reason})
 
     try:
-        context = expression_context(state)
         params = expressions.render(step.with_, context, state.workflow.step_ids)
     except expressions.ExpressionError as exc:
         data = {"error": "expression_error", "message": str(exc), "retryable": False}
-        return Event(STEP_FAILED, step.id, current.attempt, data=data)
+        return Event(STEP_FAILED, key, current.attempt, data=data)
     data = {
         "task": step.task,
         "params": params,
         "final": current.tries + 1 >= step.retry.attempts,
     }
-    return Event(STEP_DISPATCHED, step.id, attempt, agent, data)
+    return Event(STEP_DISPATCHED, key, attempt, agent, data)
 
 
 def next_wake_ms(state: RunState, limits: Limits = Limits()) -> int | None:
     """The earliest time at which `decide` may say something new without new events."""
     times = []
     for step in state.workflow.steps:
-        current = state.step(step.id)
-        if current.status in STEP_ACTIVE and step.timeout is not None:
-            times.append(current.started_ms + int(step.timeout * 1000) + 1)
-        elif current.status == PENDING and current.not_before_ms:
-            times.append(current.not_before_ms)
-        elif current.status == WAITING:
-            times.append(current.waiting_since_ms + limits.agent_wait_ms + 1)
+        for key in state.instances(step.id) if step.fans_out else [step.id]:
+            current = state.step(key)
+            if current.status in STEP_ACTIVE and step.timeout is not None:
+                times.append(current.started_ms + int(step.timeout * 1000) + 1)
+            elif current.status == PENDING and current.not_before_ms:
+                times.append(current.not_before_ms)
+            elif current.status == WAITING and step.wait is not None:
+                if step.wait.timeout is not None:
+                    times.append(current.waiting_since_ms + int(step.wait.timeout * 1000) + 1)
+            elif current.status == WAITING:
+                times.append(current.waiting_since_ms + limits.agent_wait_ms + 1)
     return min(times, default=None)
 
 
@@ -452,7 +686,7 @@ def judge(state: RunState, agent: str, step_id: str, attempt: int) -> str:
     timed out, or its agent declared lost);
     foreign: the run never gave that attempt to that agent.
     """
-    if step_id not in state.workflow.step_ids:
+    if not state.knows(step_id):
         return FOREIGN
     step = state.step(step_id)
     if attempt < step.attempt:
@@ -494,5 +728,23 @@ def resume_plan(state: RunState, from_step: str = "") -> list[str]:
         )
     again = descendants(state.workflow, from_step) if from_step else set()
     return [
-        s.id for s in state.workflow.steps if s.id in again or state.step(s.id).status != SUCCEEDED
+        s.id for s in state.workflow.steps if s.id in again or state.step(s.id).status not in DONE
     ]
+
+
+# -------------------------------------------------------------- messages
+
+
+def next_message(
+    state: RunState, topic: str, receiver: str, after_index: int
+) -> tuple[int, Any] | None:
+    """The first message on a topic past `after_index` that the receiver did not send.
+
+    Indexes count every message of the topic from 1, so a receiver that keeps
+    the last index it got asks again without losing or repeating one.
+    """
+    base = receiver.split("[", 1)[0]
+    for index, (sender, payload) in enumerate(state.topics.get(topic, ()), start=1):
+        if index > after_index and sender.split("[", 1)[0] != base:
+            return index, payload
+    return None

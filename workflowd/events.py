@@ -43,6 +43,13 @@ STEP_RETRYING = "step_retrying"  # a failed step waits out its backoff, then run
 RUN_CANCEL_REQUESTED = "run_cancel_requested"
 RUN_CANCELLED = "run_cancelled"
 RUN_RESUMED = "run_resumed"
+RUN_CONFIG_UPDATED = "run_config_updated"
+RUN_SIGNALLED = "run_signalled"
+STEP_SKIPPED = "step_skipped"  # its `when` was false
+STEP_FANNED_OUT = "step_fanned_out"  # one instance per matching agent
+STEP_MESSAGE = "step_message"  # a running step sent a message to a topic of its run
+STEP_OUTPUT = "step_output"  # a running step set one output before finishing
+SKIPPED = "skipped"
 RUN_TERMINAL_EVENTS = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED})
 
 

@@ -26,18 +26,53 @@ _STEP_REF = re.compile(r"\bsteps\.([a-z0-9][a-z0-9_-]*)")
 _MAX_LENGTH = 2000
 
 
-class _Environment(ImmutableSandboxedEnvironment):
-    """Reads `a.b` as the key `b` when `a` is a mapping that holds it.
+_MAX_ITEMS = 100_000  # the longest string or list an operator may build
+_MAX_BITS = 100_000  # the largest integer an operator may build
 
-    Jinja prefers attributes, so an input or output named `items`, `keys` or
+
+def _size(value: Any) -> int | None:
+    return len(value) if isinstance(value, str | list | tuple) else None
+
+
+def _bits(value: Any) -> int:
+    return abs(value).bit_length() if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox, for run data.
+
+    It reads `a.b` as the key `b` when `a` is a mapping that holds it: jinja
+    prefers attributes, so an input or output named `items`, `keys` or
     `update` would read as a dict method (or be refused by the sandbox)
     instead of as the value. Run data is JSON: keys come first.
+
+    Its arithmetic cannot exhaust memory or time: `*`, `**` and `+` refuse to
+    build strings, lists or integers beyond fixed sizes.
     """
+
+    intercepted_binops = frozenset({"*", "**", "+"})
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping) and attribute in obj:
             return obj[attribute]
         return super().getattr(obj, attribute)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        too_large = SecurityError(f"{operator}: the result would be too large")
+        if operator == "**":
+            exponent = right if isinstance(right, int | float) else 0
+            if _bits(left) > 1 and exponent * _bits(left) > _MAX_BITS:
+                raise too_large
+        elif operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                size = _size(sequence)
+                if size is not None and isinstance(times, int) and size * times > _MAX_ITEMS:
+                    raise too_large
+            if _bits(left) + _bits(right) > _MAX_BITS:
+                raise too_large
+        elif (_size(left) or 0) + (_size(right) or 0) > _MAX_ITEMS:
+            raise too_large
+        return super().call_binop(context, operator, left, right)
 
 
 _ENV = _Environment(undefined=StrictUndefined, autoescape=False)

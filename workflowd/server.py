@@ -83,6 +83,15 @@ def step_event(ref: pb.AttemptRef, agent: str, message: pb.StepEvent) -> Event:
         if failed.details_json:
             data["details"] = json.loads(failed.details_json)
         return Event(engine.STEP_FAILED, *base, data)
+    if kind == "message":
+        data = {
+            "topic": message.message.topic,
+            "payload": json.loads(message.message.payload_json),
+        }
+        return Event(engine.STEP_MESSAGE, *base, data)
+    if kind == "output":
+        data = {"name": message.output.name, "value": json.loads(message.output.value_json)}
+        return Event(engine.STEP_OUTPUT, *base, data)
     if kind == "interrupted":
         return Event(engine.STEP_INTERRUPTED, *base, {"reason": message.interrupted.reason})
     raise ValueError(f"step event without a kind: {kind!r}")
@@ -156,9 +165,20 @@ class AgentService(rpc.AgentServiceServicer):
             log.warning("agent_message_unexpected", agent=session.name, kind=kind)
             return
         ref = message.step.ref
+        if message.step.WhichOneof("kind") == "receive":
+            receive = message.step.receive
+            await self.coordinator.receive(
+                session.name,
+                ref.run_id,
+                ref.step_id,
+                ref.attempt,
+                receive.topic,
+                receive.after_index,
+            )
+            return
         try:
             event = step_event(ref, session.name, message.step)
-        except ValueError as exc:
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
             log.warning("agent_message_malformed", agent=session.name, error=str(exc))
             return
         verdict = await self.coordinator.report(session.name, ref.run_id, event)
@@ -216,13 +236,19 @@ class ControlService(rpc.ControlServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(UnknownRunError(request.run_id)))
         state = await self.coordinator.run_state(request.run_id)
         steps = []
-        for step in state.workflow.steps:
-            current = state.step(step.id)
+        units = [
+            (key, step)
+            for step in state.workflow.steps
+            for key in [step.id, *state.instances(step.id)]
+        ]
+        for key, step in units:
+            current = state.step(key)
+            target = f"agent {current.target}" if current.target else step.on.describe()
             steps.append(
                 pb.StepDetail(
-                    step_id=step.id,
-                    task=step.task,
-                    target=step.on.describe(),
+                    step_id=key,
+                    task=step.task or f"wait for signal {step.wait.signal if step.wait else ''}",
+                    target=target,
                     status=current.status,
                     attempt=current.attempt,
                     agent=current.agent,
@@ -308,6 +334,34 @@ class ControlService(rpc.ControlServiceServicer):
         except ResumeError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return pb.ResumeResponse(run_id=request.run_id, rerun_steps=rerun)
+
+    async def UpdateConfig(
+        self, request: pb.UpdateConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateConfigResponse:
+        try:
+            value = json.loads(request.value_json) if request.value_json else None
+            config = await self.coordinator.update_config(request.run_id, request.key, value)
+        except UnknownRunError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except json.JSONDecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"value is not JSON: {exc}")
+        except ResumeError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.UpdateConfigResponse(config_json=json.dumps(config))
+
+    async def Signal(
+        self, request: pb.SignalRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SignalResponse:
+        try:
+            payload = json.loads(request.payload_json) if request.payload_json else None
+            waiting = await self.coordinator.signal(request.run_id, request.name, payload)
+        except UnknownRunError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except json.JSONDecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"payload is not JSON: {exc}")
+        except ResumeError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.SignalResponse(waiting_steps=waiting)
 
     async def ListAgents(
         self, request: pb.ListAgentsRequest, context: grpc.aio.ServicerContext

@@ -10,11 +10,11 @@ block) or a coroutine function.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import MappingProxyType
@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from workflowd.errors import WorkflowError
+from workflowd.errors import TaskError, WorkflowError
 
 ENTRY_POINT_GROUP = "workflow.tasks"
 PROGRESS_INTERVAL_S = 0.1
@@ -78,32 +78,59 @@ class Task:
         return cls.Outputs.model_json_schema()
 
 
-# What a running step reports: ("progress", fraction, message) or ("log", level, message).
-Report = tuple[str, Any, str]
+# What a running step reports to its host, as (kind, a, b):
+#   ("progress", fraction, message)   ("log", level, message)
+#   ("message", topic, payload)       ("output", name, value)
+#   ("receive", topic, after_index)   a request for the next message on a topic
+Report = tuple[str, Any, Any]
 
 
-@dataclass
 class StepContext:
-    """What a plugin sees of the step it runs. Safe to use from worker threads."""
+    """What a plugin sees of the step it runs. Safe to use from worker threads.
 
-    run_id: str
-    step_id: str
-    attempt: int
-    host: str
-    config: Mapping[str, Any]
-    scratch_dir: Path
-    report: Callable[[Report], None] = field(repr=False)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    # why the step is being stopped: "cancel" (rolls back when asked) or
-    # "interrupt" (the host shuts down; the step will run again elsewhere)
-    stop_reason: str = ""
-    stop_reason_text: str = ""
-    rollback_on_cancel: bool = True
-    _last_progress_s: float = field(default=0.0, repr=False)
+    Plugins read `run_id`, `step_id`, `attempt`, `host`, `labels`, `config`,
+    `scratch_dir` (this attempt's own directory), `state_dir` (kept by the host
+    across steps), `log`, and call `progress`, `send`, `receive`,
+    `set_output`, `wait_config_change` and `raise_if_cancelled`. The host
+    calls `stop`, `update_config` and `deliver`.
+    """
 
-    def __post_init__(self) -> None:
-        self.config = MappingProxyType(dict(self.config))
+    def __init__(
+        self,
+        run_id: str,
+        step_id: str,
+        attempt: int,
+        host: str,
+        config: Mapping[str, Any],
+        scratch_dir: Path,
+        report: Callable[[Report], None],
+        labels: Mapping[str, str] | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.step_id = step_id
+        self.attempt = attempt
+        self.host = host
+        self.labels = MappingProxyType(dict(labels or {}))
+        self.scratch_dir = scratch_dir
+        self.state_dir = state_dir or scratch_dir
+        self.report = report
+        self.cancelled = threading.Event()
+        # why the step is being stopped: "cancel" (rolls back when asked) or
+        # "interrupt" (the host shuts down; the step will run again elsewhere)
+        self.stop_reason = ""
+        self.stop_reason_text = ""
+        self.rollback_on_cancel = True
+        self._changed = threading.Condition()
+        self._config: Mapping[str, Any] = MappingProxyType(dict(config))
+        self._config_version = 0
+        self._inbox: dict[str, list[tuple[int, Any]]] = {}
+        self._after: dict[str, int] = {}
+        self._asking: set[str] = set()
+        self._last_progress_s = 0.0
         self.log = StepLogger(self)
+
+    # -- progress and outputs
 
     def progress(self, fraction: float | None, message: str = "") -> None:
         """Report how far the step is, 0..1 (None when unknown). Rate-limited."""
@@ -115,12 +142,91 @@ class StepContext:
         value = -1.0 if fraction is None else min(max(float(fraction), 0.0), 1.0)
         self.report(("progress", value, message))
 
+    def set_output(self, name: str, value: Any) -> None:
+        """Set one output now, before the step ends; a step may publish it to a topic."""
+        self.report(("output", name, value))
+
+    # -- live configuration
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The run's configuration as it is now."""
+        return self._config
+
+    def wait_config_change(self, timeout_s: float | None = None) -> Mapping[str, Any] | None:
+        """Block until the run's configuration changes; the new one, or None on timeout."""
+        with self._changed:
+            seen = self._config_version
+            changed = self._changed.wait_for(
+                lambda: self._config_version != seen or self.cancelled.is_set(), timeout_s
+            )
+            self.raise_if_cancelled()
+            return self._config if changed else None
+
+    async def config_changed(self, timeout_s: float | None = None) -> Mapping[str, Any] | None:
+        """`wait_config_change` for async plugins."""
+        return await asyncio.to_thread(self.wait_config_change, timeout_s)
+
+    def update_config(self, config: Mapping[str, Any]) -> None:
+        with self._changed:
+            self._config = MappingProxyType(dict(config))
+            self._config_version += 1
+            self._changed.notify_all()
+
+    # -- messages
+
+    def send(self, topic: str, payload: Any) -> None:
+        """Send a message to a topic of this run; any other step may receive it."""
+        self.report(("message", topic, payload))
+
+    def receive(self, topic: str, timeout_s: float | None = None) -> Any:
+        """The next message on a topic that this step did not send, waiting for one.
+
+        Each step receives each message of a topic once, in order, including
+        messages sent before it started. Raises TaskError on timeout.
+        """
+        with self._changed:
+            if not self._inbox.get(topic) and topic not in self._asking:
+                self._asking.add(topic)
+                self.report(("receive", topic, self._after.get(topic, 0)))
+            arrived = self._changed.wait_for(
+                lambda: bool(self._inbox.get(topic)) or self.cancelled.is_set(), timeout_s
+            )
+            self.raise_if_cancelled()
+            if not arrived:
+                raise TaskError(f"no message on topic {topic!r} within {timeout_s:g}s")
+            _, payload = self._inbox[topic].pop(0)
+            return payload
+
+    async def areceive(self, topic: str, timeout_s: float | None = None) -> Any:
+        """`receive` for async plugins."""
+        return await asyncio.to_thread(self.receive, topic, timeout_s)
+
+    def deliver(self, topic: str, index: int, payload: Any) -> None:
+        """A message arrived for this step (called by the host)."""
+        with self._changed:
+            if index <= self._after.get(topic, 0):
+                return  # delivered twice, across a reconnect
+            self._after[topic] = index
+            self._asking.discard(topic)
+            self._inbox.setdefault(topic, []).append((index, payload))
+            self._changed.notify_all()
+
+    def pending_receives(self) -> list[tuple[str, int]]:
+        """(topic, last index received) of every receive still waiting: to ask again."""
+        with self._changed:
+            return [(topic, self._after.get(topic, 0)) for topic in sorted(self._asking)]
+
+    # -- stopping
+
     def stop(self, reason: str, text: str = "", rollback: bool = True) -> None:
         """Ask the plugin to stop (from the host, not from plugins)."""
         self.stop_reason = reason
         self.stop_reason_text = text or reason
         self.rollback_on_cancel = rollback
         self.cancelled.set()
+        with self._changed:
+            self._changed.notify_all()
 
     def raise_if_cancelled(self) -> None:
         if self.cancelled.is_set():

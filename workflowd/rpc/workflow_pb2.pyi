@@ -107,8 +107,32 @@ class StepInterrupted(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class StepMessage(_message.Message):
+    __slots__ = ("topic", "payload_json")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    payload_json: str
+    def __init__(self, topic: _Optional[str] = ..., payload_json: _Optional[str] = ...) -> None: ...
+
+class StepOutput(_message.Message):
+    __slots__ = ("name", "value_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value_json: str
+    def __init__(self, name: _Optional[str] = ..., value_json: _Optional[str] = ...) -> None: ...
+
+class ReceiveRequest(_message.Message):
+    __slots__ = ("topic", "after_index")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    AFTER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    after_index: int
+    def __init__(self, topic: _Optional[str] = ..., after_index: _Optional[int] = ...) -> None: ...
+
 class StepEvent(_message.Message):
-    __slots__ = ("ref", "started", "progress", "log", "completed", "failed", "interrupted")
+    __slots__ = ("ref", "started", "progress", "log", "completed", "failed", "interrupted", "message", "output", "receive")
     REF_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +140,9 @@ class StepEvent(_message.Message):
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVE_FIELD_NUMBER: _ClassVar[int]
     ref: AttemptRef
     started: StepStarted
     progress: StepProgress
@@ -123,7 +150,10 @@ class StepEvent(_message.Message):
     completed: StepCompleted
     failed: StepFailed
     interrupted: StepInterrupted
-    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., started: _Optional[_Union[StepStarted, _Mapping]] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., log: _Optional[_Union[StepLog, _Mapping]] = ..., completed: _Optional[_Union[StepCompleted, _Mapping]] = ..., failed: _Optional[_Union[StepFailed, _Mapping]] = ..., interrupted: _Optional[_Union[StepInterrupted, _Mapping]] = ...) -> None: ...
+    message: StepMessage
+    output: StepOutput
+    receive: ReceiveRequest
+    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., started: _Optional[_Union[StepStarted, _Mapping]] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., log: _Optional[_Union[StepLog, _Mapping]] = ..., completed: _Optional[_Union[StepCompleted, _Mapping]] = ..., failed: _Optional[_Union[StepFailed, _Mapping]] = ..., interrupted: _Optional[_Union[StepInterrupted, _Mapping]] = ..., message: _Optional[_Union[StepMessage, _Mapping]] = ..., output: _Optional[_Union[StepOutput, _Mapping]] = ..., receive: _Optional[_Union[ReceiveRequest, _Mapping]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "step", "heartbeat")
@@ -179,19 +209,43 @@ class Reject(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class ConfigUpdate(_message.Message):
+    __slots__ = ("run_id", "config_json")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    config_json: str
+    def __init__(self, run_id: _Optional[str] = ..., config_json: _Optional[str] = ...) -> None: ...
+
+class Delivery(_message.Message):
+    __slots__ = ("ref", "topic", "index", "payload_json")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    ref: AttemptRef
+    topic: str
+    index: int
+    payload_json: str
+    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., topic: _Optional[str] = ..., index: _Optional[int] = ..., payload_json: _Optional[str] = ...) -> None: ...
+
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "start", "cancel", "ack", "reject")
+    __slots__ = ("welcome", "start", "cancel", "ack", "reject", "config", "delivery")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     REJECT_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     start: StartStep
     cancel: CancelStep
     ack: ResultAck
     reject: Reject
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start: _Optional[_Union[StartStep, _Mapping]] = ..., cancel: _Optional[_Union[CancelStep, _Mapping]] = ..., ack: _Optional[_Union[ResultAck, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ...) -> None: ...
+    config: ConfigUpdate
+    delivery: Delivery
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start: _Optional[_Union[StartStep, _Mapping]] = ..., cancel: _Optional[_Union[CancelStep, _Mapping]] = ..., ack: _Optional[_Union[ResultAck, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., config: _Optional[_Union[ConfigUpdate, _Mapping]] = ..., delivery: _Optional[_Union[Delivery, _Mapping]] = ...) -> None: ...
 
 class DefinitionSource(_message.Message):
     __slots__ = ("yaml", "filename")
@@ -433,3 +487,35 @@ class ResumeResponse(_message.Message):
     run_id: str
     rerun_steps: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, run_id: _Optional[str] = ..., rerun_steps: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UpdateConfigRequest(_message.Message):
+    __slots__ = ("run_id", "key", "value_json")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_JSON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    key: str
+    value_json: str
+    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., value_json: _Optional[str] = ...) -> None: ...
+
+class UpdateConfigResponse(_message.Message):
+    __slots__ = ("config_json",)
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    config_json: str
+    def __init__(self, config_json: _Optional[str] = ...) -> None: ...
+
+class SignalRequest(_message.Message):
+    __slots__ = ("run_id", "name", "payload_json")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    name: str
+    payload_json: str
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., payload_json: _Optional[str] = ...) -> None: ...
+
+class SignalResponse(_message.Message):
+    __slots__ = ("waiting_steps",)
+    WAITING_STEPS_FIELD_NUMBER: _ClassVar[int]
+    waiting_steps: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, waiting_steps: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -158,6 +158,16 @@ class ControlServiceStub:
                 request_serializer=workflowd_dot_rpc_dot_workflow__pb2.ResumeRequest.SerializeToString,
                 response_deserializer=workflowd_dot_rpc_dot_workflow__pb2.ResumeResponse.FromString,
                 _registered_method=True)
+        self.UpdateConfig = channel.unary_unary(
+                '/workflow.v1.ControlService/UpdateConfig',
+                request_serializer=workflowd_dot_rpc_dot_workflow__pb2.UpdateConfigRequest.SerializeToString,
+                response_deserializer=workflowd_dot_rpc_dot_workflow__pb2.UpdateConfigResponse.FromString,
+                _registered_method=True)
+        self.Signal = channel.unary_unary(
+                '/workflow.v1.ControlService/Signal',
+                request_serializer=workflowd_dot_rpc_dot_workflow__pb2.SignalRequest.SerializeToString,
+                response_deserializer=workflowd_dot_rpc_dot_workflow__pb2.SignalResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -214,6 +224,18 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Signal(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -256,6 +278,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.Resume,
                     request_deserializer=workflowd_dot_rpc_dot_workflow__pb2.ResumeRequest.FromString,
                     response_serializer=workflowd_dot_rpc_dot_workflow__pb2.ResumeResponse.SerializeToString,
+            ),
+            'UpdateConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConfig,
+                    request_deserializer=workflowd_dot_rpc_dot_workflow__pb2.UpdateConfigRequest.FromString,
+                    response_serializer=workflowd_dot_rpc_dot_workflow__pb2.UpdateConfigResponse.SerializeToString,
+            ),
+            'Signal': grpc.unary_unary_rpc_method_handler(
+                    servicer.Signal,
+                    request_deserializer=workflowd_dot_rpc_dot_workflow__pb2.SignalRequest.FromString,
+                    response_serializer=workflowd_dot_rpc_dot_workflow__pb2.SignalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -477,6 +509,60 @@ class ControlService:
             '/workflow.v1.ControlService/Resume',
             workflowd_dot_rpc_dot_workflow__pb2.ResumeRequest.SerializeToString,
             workflowd_dot_rpc_dot_workflow__pb2.ResumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workflow.v1.ControlService/UpdateConfig',
+            workflowd_dot_rpc_dot_workflow__pb2.UpdateConfigRequest.SerializeToString,
+            workflowd_dot_rpc_dot_workflow__pb2.UpdateConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Signal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workflow.v1.ControlService/Signal',
+            workflowd_dot_rpc_dot_workflow__pb2.SignalRequest.SerializeToString,
+            workflowd_dot_rpc_dot_workflow__pb2.SignalResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,6 +25,7 @@ class CountParams(BaseModel):
     ledger: str
     hold_s: float = 0.0  # how long run() works, checking for cancellation
     fail_while: str | None = None  # run() fails while this file exists
+    fail_on: list[str] = []  # run() fails on these hosts
 
 
 def _append(ledger: str, line: str) -> None:
@@ -60,8 +61,74 @@ class Count(Task):
             time.sleep(min(left, 0.05))
         if params.fail_while and Path(params.fail_while).exists():
             raise TaskError(f"{params.fail_while} exists")
+        if ctx.host in params.fail_on:
+            raise TaskError(f"told to fail on {ctx.host}")
         _append(params.ledger, f"done {who}")
         return {"done_by_attempt": ctx.attempt}
 
     def rollback(self, ctx: StepContext, params: CountParams) -> None:
         _append(params.ledger, f"rollback {ctx.run_id} {ctx.step_id} {ctx.attempt}")
+
+
+class SendParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    topic: str
+    payload: object = None
+    output: str | None = None  # also set this output to the payload, while running
+
+
+class Send(Task):
+    name = "test.send"
+    description = "Sends one message to a topic of the run (and sets an output, if named)."
+    Params = SendParams
+
+    def run(self, ctx: StepContext, params: SendParams) -> dict:
+        if params.output:
+            ctx.set_output(params.output, params.payload)
+        else:
+            ctx.send(params.topic, params.payload)
+        return {"sent": True}
+
+
+class ReceiveParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    topic: str
+    count: int = 1
+    timeout_s: float = 30.0
+
+
+class Receive(Task):
+    name = "test.receive"
+    description = "Receives messages from a topic of the run and returns them."
+    Params = ReceiveParams
+
+    async def run(self, ctx: StepContext, params: ReceiveParams) -> dict:
+        ctx.progress(0.0, f"waiting on {params.topic}")
+        got = [await ctx.areceive(params.topic, params.timeout_s) for _ in range(params.count)]
+        return {"messages": got}
+
+
+class AwaitConfigParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str
+    value: object
+    timeout_s: float = 30.0
+
+
+class AwaitConfig(Task):
+    name = "test.await_config"
+    description = "Runs until the run's configuration sets key to value; reports what it saw."
+    Params = AwaitConfigParams
+
+    def run(self, ctx: StepContext, params: AwaitConfigParams) -> dict:
+        seen = [ctx.config.get(params.key)]
+        ctx.progress(0.0, f"{params.key}={seen[-1]!r}")
+        deadline = time.monotonic() + params.timeout_s
+        while ctx.config.get(params.key) != params.value:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TaskError(f"config {params.key} never became {params.value!r}: saw {seen}")
+            changed = ctx.wait_config_change(left)
+            if changed is not None:
+                seen.append(changed.get(params.key))
+        return {"seen": seen}
