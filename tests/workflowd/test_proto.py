@@ -162,6 +162,8 @@ def test_control_service_methods_are_the_documented_ones(tmp_path):
         "ListAgents": "unary_unary",
         "Cancel": "unary_unary",
         "Resume": "unary_unary",
+        "UpdateConfig": "unary_unary",
+        "Signal": "unary_unary",
     }
 
 
