@@ -17,7 +17,7 @@ from workflowd import DEFAULT_ADDRESS, __version__, logs
 from workflowd.coordinator import Coordinator
 from workflowd.errors import WorkflowError
 from workflowd.server import build_server
-from workflowd.store import open_store
+from workflowd.store import describe, open_store
 from workflowd.tasks import load_plugins
 
 log = structlog.get_logger()
@@ -32,9 +32,9 @@ def default_store() -> str:
     return f"sqlite://{root / 'workflowd.db'}"
 
 
-async def serve(listen: str, store_uri: str) -> None:
-    store = open_store(store_uri)
+async def serve(listen: str, store_uri: str, store_wait_s: float = 0.0) -> None:
     try:
+        store = open_store(store_uri, wait_s=store_wait_s)
         await store.open()
     except WorkflowError as exc:
         raise click.ClickException(str(exc)) from None
@@ -58,7 +58,7 @@ async def serve(listen: str, store_uri: str) -> None:
         "workflowd_started",
         listen=listen,
         port=port,
-        store=store_uri,
+        store=describe(store_uri),
         plugins=sorted(coordinator.plugins),
         version=__version__,
     )
@@ -87,7 +87,18 @@ async def serve(listen: str, store_uri: str) -> None:
     show_envvar=True,
     default=default_store,
     show_default="$STATE_DIRECTORY/workflowd.db, else ~/.local/state/workflowd/workflowd.db",
-    help="State store: sqlite:///PATH (the embedded default) or a file path.",
+    help="State store: sqlite:///PATH (the embedded default), a file path, "
+    "or mongodb://HOST[:PORT][,HOST...]/DATABASE[?replicaSet=NAME].",
+)
+@click.option(
+    "--store-wait",
+    "store_wait_s",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    envvar="WORKFLOWD_STORE_WAIT",
+    show_envvar=True,
+    help="Seconds to wait for a MongoDB store that is unreachable at start-up, "
+    "retrying with backoff; 0 waits for ever.",
 )
 @click.option(
     "--log-level",
@@ -97,11 +108,11 @@ async def serve(listen: str, store_uri: str) -> None:
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
 @click.version_option(__version__)
-def main(listen: str, store_uri: str, log_level: str) -> None:
+def main(listen: str, store_uri: str, store_wait_s: float, log_level: str) -> None:
     """Coordinate workflow runs across remote agents."""
     logs.configure(log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(listen, store_uri))
+        uvloop.run(serve(listen, store_uri, store_wait_s))
 
 
 if __name__ == "__main__":
