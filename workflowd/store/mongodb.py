@@ -74,6 +74,7 @@ BATCH_INLINE_LIMIT_BYTES = 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 
 MAX_BACKOFF_S = 5.0
+PING_TIMEOUT_S = 2.0
 UNAVAILABLE_LOG_INTERVAL_S = 30.0
 
 # A run's status while `prune` removes its history: a crash half way leaves it
@@ -230,8 +231,13 @@ class MongoStore(Store):
         deadline = loop.time() + self.wait_s if self.wait_s > 0 else None
         attempt = 0
         while True:
+            # a server that is down makes server selection wait out the whole
+            # timeout: keep each try short, so that the log says what goes on
+            try_s = min(self.timeout_s, PING_TIMEOUT_S)
+            if deadline is not None:
+                try_s = max(0.1, min(try_s, deadline - loop.time()))
             try:
-                with pymongo.timeout(min(self.timeout_s, 5.0)):
+                with pymongo.timeout(try_s):
                     await self._client.admin.command("ping")
                 break
             except PyMongoError as exc:
