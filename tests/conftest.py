@@ -17,9 +17,15 @@ from tests.mongo import (
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A running workflowd on a free loopback port with its own SQLite file; no agents yet."""
-    cluster = Cluster(tmp_path)
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """A running workflowd on a free loopback port with its own SQLite file; no agents yet.
+
+    Parametrised indirectly with "mongodb", its store is a MongoDB database of its own.
+    """
+    store = getattr(request, "param", "sqlite")
+    cluster = Cluster(
+        tmp_path, store_uri=request.getfixturevalue("mongo_uri") if store == "mongodb" else ""
+    )
     cluster.start_daemon()
     yield cluster
     cluster.close()

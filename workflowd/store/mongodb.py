@@ -630,7 +630,8 @@ class MongoStore(Store):
                 lambda ids=ids: self._runs.delete_many({"_id": {"$in": ids}, "status": PRUNING}),
             )
             removed += result.deleted_count
-        log.info("runs_pruned", marked=marked, removed=removed, before_ms=finished_before_ms)
+        if removed != marked:
+            log.info("prune_finished_earlier_prune", marked=marked, removed=removed)
         return removed
 
     async def _remove_history(self, run_ids: list[str]) -> None:
