@@ -275,11 +275,14 @@ def status(client: Client, run_id: str, as_json: bool) -> None:
 
 @main.command(name="list")
 @click.option("--limit", default=50, show_default=True)
+@click.option(
+    "--before", default="", metavar="RUN_ID", help="Page back: runs created before this one."
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def list_runs(client: Client, limit: int, as_json: bool) -> None:
+def list_runs(client: Client, limit: int, before: str, as_json: bool) -> None:
     """Recent runs, newest first."""
-    runs = client.call("ListRuns", pb.ListRunsRequest(limit=limit)).runs
+    runs = client.call("ListRuns", pb.ListRunsRequest(limit=limit, before_run_id=before)).runs
     if as_json:
         for run in runs:
             click.echo(

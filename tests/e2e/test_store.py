@@ -61,6 +61,20 @@ def test_prune_removes_old_finished_runs_and_keeps_the_rest(cluster: Cluster, wr
     assert "not a duration" in refused.stderr
 
 
+@pytest.mark.parametrize("cluster", ["sqlite", "mongodb"], indirect=True)
+def test_list_pages_back_through_runs(cluster: Cluster, write_flow) -> None:
+    """workflowctl list --limit N --before RUN_ID pages back through every run once."""
+    flow = str(write_flow(ONE_STEP.replace("on: {agent: absent}", "on: coordinator")))
+    ids = [cluster.ctl("submit", flow).stdout.strip() for _ in range(5)]
+
+    pages, before = [], ""
+    while page := cluster.ctl("list", "--limit", "2", "--before", before, "--json").json_lines():
+        pages.append([run["run_id"] for run in page])
+        before = page[-1]["run_id"]
+
+    assert pages == [ids[4:2:-1], ids[2:0:-1], ids[:1]]
+
+
 def test_workflowd_says_clearly_when_its_database_is_unreachable(tmp_path: Path) -> None:
     """An unreachable MongoDB at start-up: retries, then one clear error line, no traceback."""
     store = f"mongodb://127.0.0.1:{free_port()}/workflowd"

@@ -83,6 +83,7 @@ PRUNING = "pruning"
 
 MAJORITY = WriteConcern(w="majority", j=True)
 MAJORITY_READ = ReadConcern("majority")
+LATEST_READ = ReadConcern("local")
 
 # Server error codes that mean "not now" rather than "never": interrupted,
 # shutting down, stepping down, not primary, time limit or write concern not met.
@@ -174,6 +175,11 @@ class MongoStore(Store):
         self._meta = db.get_collection("meta", **options)
         self._runs = db.get_collection("runs", **options)
         self._events = db.get_collection("events", **options)
+        # The write path reads the primary's own latest data: a write that timed
+        # out waiting for the majority is already there, and must be recognised
+        # as ours rather than written again under another number.
+        self._runs_latest = self._runs.with_options(read_concern=LATEST_READ)
+        self._events_latest = self._events.with_options(read_concern=LATEST_READ)
         self._blobs = db.get_collection("blobs", **options)
         self._agents = db.get_collection("agents", **options)
         self._messages = db.get_collection("messages", **options)
@@ -410,12 +416,14 @@ class MongoStore(Store):
         try:
             await self._events.insert_one(batch)
         except DuplicateKeyError:
-            found = await self._events.find_one({"_id": batch["_id"]}, {"token": 1})
+            found = await self._events_latest.find_one({"_id": batch["_id"]}, {"token": 1})
             return found is not None and found.get("token") == batch["token"]
         return True
 
     async def _last_seq(self, run_id: str) -> int:
-        newest = await self._events.find_one({"run_id": run_id}, {"last": 1}, sort=[("last", -1)])
+        newest = await self._events_latest.find_one(
+            {"run_id": run_id}, {"last": 1}, sort=[("last", -1)]
+        )
         return int(newest["last"]) if newest else 0
 
     async def _write_batch(
@@ -489,11 +497,11 @@ class MongoStore(Store):
         try:
             await self._runs.insert_one(doc)
         except DuplicateKeyError:
-            found = await self._runs.find_one({"_id": doc["_id"]}, {"token": 1})
+            found = await self._runs_latest.find_one({"_id": doc["_id"]}, {"token": 1})
             if found is not None and found.get("token") == doc["token"]:
                 return None
             key = doc.get("idempotency_key")
-            holder = await self._runs.find_one({"idempotency_key": key}) if key else None
+            holder = await self._runs_latest.find_one({"idempotency_key": key}) if key else None
             if holder is None:
                 raise StoreError(f"run id {doc['_id']} is already taken") from None
             return holder
@@ -501,7 +509,7 @@ class MongoStore(Store):
 
     async def append(self, run_id: str, events: Sequence[Event], status: str) -> list[Event]:
         run = await self._retry(
-            "read_run", lambda: self._runs.find_one({"_id": run_id}, {"last_seq": 1})
+            "read_run", lambda: self._runs_latest.find_one({"_id": run_id}, {"last_seq": 1})
         )
         if run is None:
             raise StoreError(f"no run {run_id}")
