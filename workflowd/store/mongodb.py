@@ -72,6 +72,7 @@ DEFAULT_TIMEOUT_S = 10.0
 INLINE_LIMIT_BYTES = 64 * 1024
 BATCH_INLINE_LIMIT_BYTES = 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
+READ_BATCHES = 100
 
 MAX_BACKOFF_S = 5.0
 PING_TIMEOUT_S = 2.0
@@ -534,21 +535,28 @@ class MongoStore(Store):
         return numbered
 
     async def events(self, run_id: str, after_seq: int = 0, limit: int = 1000) -> list[Event]:
-        # every batch holds at least one event, so `limit` batches are enough
-        batches = await self._retry(
-            "read_events",
-            lambda: (
-                self._events.find({"run_id": run_id, "last": {"$gt": after_seq}})
-                .sort("last", 1)
-                .limit(limit)
-                .to_list(None)
-            ),
-        )
         found: list[Event] = []
-        for batch in batches:
-            for seq, entry in enumerate(batch["events"], start=batch["first"]):
-                if seq > after_seq and len(found) < limit:
-                    found.append(await self._event(run_id, seq, batch["time_ms"], entry))
+        after = after_seq
+        while len(found) < limit:
+            # a batch holds one event or more: this many batches are enough,
+            # and each call reads a bounded amount under its timeout
+            want = min(limit - len(found), READ_BATCHES)
+            batches = await self._retry(
+                "read_events",
+                lambda after=after, want=want: (
+                    self._events.find({"run_id": run_id, "last": {"$gt": after}})
+                    .sort("last", 1)
+                    .limit(want)
+                    .to_list(None)
+                ),
+            )
+            for batch in batches:
+                for seq, entry in enumerate(batch["events"], start=batch["first"]):
+                    if seq > after and len(found) < limit:
+                        found.append(await self._event(run_id, seq, batch["time_ms"], entry))
+            if len(batches) < want:
+                break
+            after = found[-1].seq
         return found
 
     # -------------------------------------------------------------- runs

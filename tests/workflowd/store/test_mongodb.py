@@ -258,3 +258,18 @@ def test_a_database_killed_mid_run_loses_nothing_and_work_continues(
         (4, "after"),
     ]
     assert run_id
+
+
+def test_history_reads_span_many_batch_documents(
+    mongo: MongoStore, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """events() reads history spread over more batch documents than one call fetches."""
+    monkeypatch.setattr("workflowd.store.mongodb.READ_BATCHES", 3)
+    stored, _ = run(mongo.create_run(record(), [log_event("0")]))
+    for i in range(1, 20, 2):
+        run(mongo.append(stored.run_id, [log_event(str(i)), log_event(str(i + 1))], "running"))
+
+    assert [e.data["message"] for e in run(mongo.events(stored.run_id))] == [
+        str(n) for n in range(21)
+    ]
+    assert [e.seq for e in run(mongo.events(stored.run_id, 4, 9))] == list(range(5, 14))
