@@ -273,3 +273,12 @@ def test_history_reads_span_many_batch_documents(
         str(n) for n in range(21)
     ]
     assert [e.seq for e in run(mongo.events(stored.run_id, 4, 9))] == list(range(5, 14))
+
+
+@pytest.mark.parametrize(
+    "uri", ["mongodb://", "mongodb://127.0.0.1:notaport/db", "mongodb://h:1:2/db"]
+)
+def test_a_malformed_uri_is_refused_before_connecting(uri: str) -> None:
+    """A MongoDB URI that cannot be parsed is a StoreError that names it."""
+    with pytest.raises(StoreError, match="bad MongoDB store URI"):
+        open_store(uri)
