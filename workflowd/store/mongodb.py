@@ -195,6 +195,8 @@ class MongoStore(Store):
         `call` must be safe to repeat: it either is idempotent or verifies what an
         earlier try of it left behind.
         """
+        # TODO: a daemon stopped during an outage waits here until the database
+        # is back or systemd kills it; let shutdown end the calls still retrying.
         attempt = 0
         while True:
             try:
