@@ -61,6 +61,8 @@ class Result:
 class Cluster:
     root: Path
     port: int = field(default_factory=free_port)
+    # the daemon's --store: a MongoDB URI when set, else a SQLite file under root
+    store_uri: str = ""
     daemon: subprocess.Popen[bytes] | None = None
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -96,7 +98,7 @@ class Cluster:
                 "--listen",
                 self.address,
                 "--store",
-                str(self.store_path),
+                self.store_uri or str(self.store_path),
                 *extra,
             ],
         )

@@ -359,11 +359,14 @@ def status(client: Client, run_id: str, as_json: bool) -> None:
 
 @main.command(name="list")
 @click.option("--limit", default=50, show_default=True)
+@click.option(
+    "--before", default="", metavar="RUN_ID", help="Page back: runs created before this one."
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def list_runs(client: Client, limit: int, as_json: bool) -> None:
+def list_runs(client: Client, limit: int, before: str, as_json: bool) -> None:
     """Recent runs, newest first."""
-    runs = client.call("ListRuns", pb.ListRunsRequest(limit=limit)).runs
+    runs = client.call("ListRuns", pb.ListRunsRequest(limit=limit, before_run_id=before)).runs
     if as_json:
         for run in runs:
             click.echo(
@@ -386,6 +389,49 @@ def list_runs(client: Client, limit: int, as_json: bool) -> None:
             run.run_id, run.name, run.status, _when(run.created_ms), _when(run.updated_ms)
         )
     _console().print(table)
+
+
+class Duration(click.ParamType):
+    """A length of time: a number with a unit, s m h d or w (seconds when none)."""
+
+    name = "duration"
+    UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip().lower()
+        number = text.rstrip("smhdw")
+        try:
+            seconds = float(number) * self.UNITS[text[len(number) :]]
+        except (ValueError, KeyError):
+            self.fail(f"{value!r} is not a duration such as 90s, 12h, 30d or 2w", param, ctx)
+        if not seconds > 0:
+            self.fail(f"{value!r} is not a positive duration", param, ctx)
+        return seconds
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    "older_than_s",
+    type=Duration(),
+    required=True,
+    help="Age of the runs to remove, e.g. 30d: finished and not updated for that long.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def prune(client: Client, older_than_s: float, as_json: bool) -> None:
+    """Remove finished runs older than a given age, with their history."""
+    response = client.call(
+        "PruneRuns", pb.PruneRunsRequest(older_than_s=older_than_s), timeout_s=3600
+    )
+    if as_json:
+        click.echo(json.dumps({"removed": response.removed}))
+        return
+    click.echo(f"removed {response.removed} finished runs")
 
 
 @main.command()

@@ -18,7 +18,7 @@ from workflowd.coordinator import Coordinator
 from workflowd.engine import Limits
 from workflowd.errors import WorkflowError
 from workflowd.server import build_server
-from workflowd.store import open_store
+from workflowd.store import describe, open_store
 from workflowd.tasks import load_plugins
 
 log = structlog.get_logger()
@@ -34,10 +34,14 @@ def default_store() -> str:
 
 
 async def serve(
-    listen: str, store_uri: str, heartbeat_timeout_s: float, agent_wait_s: float
+    listen: str,
+    store_uri: str,
+    heartbeat_timeout_s: float = 15.0,
+    agent_wait_s: float = 3600.0,
+    store_wait_s: float = 0.0,
 ) -> None:
-    store = open_store(store_uri)
     try:
+        store = open_store(store_uri, wait_s=store_wait_s)
         await store.open()
     except WorkflowError as exc:
         raise click.ClickException(str(exc)) from None
@@ -66,7 +70,7 @@ async def serve(
         "workflowd_started",
         listen=listen,
         port=port,
-        store=store_uri,
+        store=describe(store_uri),
         plugins=sorted(coordinator.plugins),
         version=__version__,
     )
@@ -95,7 +99,18 @@ async def serve(
     show_envvar=True,
     default=default_store,
     show_default="$STATE_DIRECTORY/workflowd.db, else ~/.local/state/workflowd/workflowd.db",
-    help="State store: sqlite:///PATH (the embedded default) or a file path.",
+    help="State store: sqlite:///PATH (the embedded default), a file path, "
+    "or mongodb://HOST[:PORT][,HOST...]/DATABASE[?replicaSet=NAME].",
+)
+@click.option(
+    "--store-wait",
+    "store_wait_s",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    envvar="WORKFLOWD_STORE_WAIT",
+    show_envvar=True,
+    help="Seconds to wait for a MongoDB store that is unreachable at start-up, "
+    "retrying with backoff; 0 waits for ever.",
 )
 @click.option(
     "--log-level",
@@ -124,12 +139,17 @@ async def serve(
 )
 @click.version_option(__version__)
 def main(
-    listen: str, store_uri: str, log_level: str, heartbeat_timeout_s: float, agent_wait_s: float
+    listen: str,
+    store_uri: str,
+    store_wait_s: float,
+    log_level: str,
+    heartbeat_timeout_s: float,
+    agent_wait_s: float,
 ) -> None:
     """Coordinate workflow runs across remote agents."""
     logs.configure(log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(listen, store_uri, heartbeat_timeout_s, agent_wait_s))
+        uvloop.run(serve(listen, store_uri, heartbeat_timeout_s, agent_wait_s, store_wait_s))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from workflowd.errors import DefinitionError, Issue, UnknownRunError
 from workflowd.grpc_options import SERVER_OPTIONS
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
+from workflowd.store.base import now_ms
 
 log = structlog.get_logger()
 
@@ -382,6 +383,18 @@ class ControlService(rpc.ControlServiceServicer):
                 )
             )
         return pb.ListAgentsResponse(agents=agents)
+
+    async def PruneRuns(
+        self, request: pb.PruneRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PruneRunsResponse:
+        if not request.older_than_s > 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "older_than_s must be a positive number"
+            )
+        before_ms = now_ms() - int(request.older_than_s * 1000)
+        removed = await self.coordinator.store.prune(before_ms)
+        log.info("runs_pruned", removed=removed, older_than_s=request.older_than_s)
+        return pb.PruneRunsResponse(removed=removed)
 
 
 def build_server(

@@ -7,6 +7,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pymongo
 import pytest
 
 from tests.cluster import Cluster
@@ -14,6 +15,8 @@ from tests.cluster import Cluster
 pytestmark = pytest.mark.e2e
 
 PROVENANCE = Path(__file__).parents[2] / "examples" / "provenance.yaml"
+
+on_each_store = pytest.mark.parametrize("cluster", ["sqlite", "mongodb"], indirect=True)
 
 
 def make_tree(root: Path) -> Path:
@@ -64,6 +67,7 @@ def submit_provenance(cluster: Cluster, a: Path, b: Path):
     )
 
 
+@on_each_store
 def test_equal_trees_succeed_with_matching_digests(cluster: Cluster, two_hosts) -> None:
     """Provenance of two identical trees succeeds and both digests are the true digest."""
     tree_a, tree_b = two_hosts
@@ -82,6 +86,7 @@ def test_equal_trees_succeed_with_matching_digests(cluster: Cluster, two_hosts) 
     assert steps["compare"]["outputs"] == {"equal": True, "files": files}
 
 
+@on_each_store
 def test_different_trees_fail_with_a_readable_report(cluster: Cluster, two_hosts) -> None:
     """Altered, removed and added files on one host are each named in the failure."""
     tree_a, tree_b = two_hosts
@@ -117,6 +122,34 @@ def test_every_transition_is_in_the_sqlite_file(cluster: Cluster, two_hosts) -> 
     assert rows[0][1] == "run_submitted"
     assert rows[-1][1] == "run_succeeded"
     assert status == "succeeded"
+    finished = {(step, agent) for _, kind, step, agent in rows if kind == "step_succeeded"}
+    assert finished == {
+        ("manifest-a", "host-a"),
+        ("manifest-b", "host-b"),
+        ("compare", "coordinator"),
+    }
+
+
+@pytest.mark.parametrize("cluster", ["mongodb"], indirect=True)
+def test_every_transition_is_in_the_mongodb_store(cluster: Cluster, two_hosts) -> None:
+    """On MongoDB too the run's history is numbered 1..n without gaps, from submit to end."""
+    result = submit_provenance(cluster, *two_hosts)
+    run_id = result.stdout.split()[0]
+
+    with pymongo.MongoClient(cluster.store_uri) as client:
+        db = client.get_default_database()
+        batches = list(db.events.find({"run_id": run_id}).sort("first", 1))
+        run = db.runs.find_one({"_id": run_id})
+    rows = [
+        (seq, entry["type"], entry["step_id"], entry["agent"])
+        for batch in batches
+        for seq, entry in enumerate(batch["events"], start=batch["first"])
+    ]
+
+    assert [row[0] for row in rows] == list(range(1, len(rows) + 1))
+    assert rows[0][1] == "run_submitted"
+    assert rows[-1][1] == "run_succeeded"
+    assert (run["status"], run["last_seq"]) == ("succeeded", len(rows))
     finished = {(step, agent) for _, kind, step, agent in rows if kind == "step_succeeded"}
     assert finished == {
         ("manifest-a", "host-a"),

@@ -164,6 +164,7 @@ def test_control_service_methods_are_the_documented_ones(tmp_path):
         "Resume": "unary_unary",
         "UpdateConfig": "unary_unary",
         "Signal": "unary_unary",
+        "PruneRuns": "unary_unary",
     }
 
 

@@ -519,3 +519,15 @@ class SignalResponse(_message.Message):
     WAITING_STEPS_FIELD_NUMBER: _ClassVar[int]
     waiting_steps: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, waiting_steps: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PruneRunsRequest(_message.Message):
+    __slots__ = ("older_than_s",)
+    OLDER_THAN_S_FIELD_NUMBER: _ClassVar[int]
+    older_than_s: float
+    def __init__(self, older_than_s: _Optional[float] = ...) -> None: ...
+
+class PruneRunsResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    def __init__(self, removed: _Optional[int] = ...) -> None: ...

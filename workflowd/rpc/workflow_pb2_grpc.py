@@ -168,6 +168,11 @@ class ControlServiceStub:
                 request_serializer=workflowd_dot_rpc_dot_workflow__pb2.SignalRequest.SerializeToString,
                 response_deserializer=workflowd_dot_rpc_dot_workflow__pb2.SignalResponse.FromString,
                 _registered_method=True)
+        self.PruneRuns = channel.unary_unary(
+                '/workflow.v1.ControlService/PruneRuns',
+                request_serializer=workflowd_dot_rpc_dot_workflow__pb2.PruneRunsRequest.SerializeToString,
+                response_deserializer=workflowd_dot_rpc_dot_workflow__pb2.PruneRunsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -236,6 +241,12 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PruneRuns(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -288,6 +299,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.Signal,
                     request_deserializer=workflowd_dot_rpc_dot_workflow__pb2.SignalRequest.FromString,
                     response_serializer=workflowd_dot_rpc_dot_workflow__pb2.SignalResponse.SerializeToString,
+            ),
+            'PruneRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneRuns,
+                    request_deserializer=workflowd_dot_rpc_dot_workflow__pb2.PruneRunsRequest.FromString,
+                    response_serializer=workflowd_dot_rpc_dot_workflow__pb2.PruneRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -563,6 +579,33 @@ class ControlService:
             '/workflow.v1.ControlService/Signal',
             workflowd_dot_rpc_dot_workflow__pb2.SignalRequest.SerializeToString,
             workflowd_dot_rpc_dot_workflow__pb2.SignalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workflow.v1.ControlService/PruneRuns',
+            workflowd_dot_rpc_dot_workflow__pb2.PruneRunsRequest.SerializeToString,
+            workflowd_dot_rpc_dot_workflow__pb2.PruneRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -85,6 +85,14 @@ class Store(abc.ABC):
     async def runs_with_status(self, statuses: Iterable[str]) -> list[RunRecord]: ...
 
     @abc.abstractmethod
+    async def prune(self, finished_before_ms: int) -> int:
+        """Remove finished runs last updated before this time, with their history.
+
+        Returns how many runs were removed. Runs still pending or running are kept
+        whatever their age.
+        """
+
+    @abc.abstractmethod
     async def save_agent(self, agent: AgentRecord) -> None: ...
 
     @abc.abstractmethod

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from workflowd.engine import Event
 from workflowd.errors import StoreError
+from workflowd.events import RUN_FINISHED
 from workflowd.store.base import AgentRecord, RunRecord, Store, now_ms
 
 SCHEMA_VERSION = 1
@@ -37,6 +38,7 @@ CREATE TABLE IF NOT EXISTS runs (
     last_seq INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
+CREATE INDEX IF NOT EXISTS runs_by_age ON runs (status, updated_ms);
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -269,6 +271,25 @@ class SQLiteStore(Store):
             statuses,
         ).fetchall()
         return [_run(row) for row in rows]
+
+    async def prune(self, finished_before_ms: int) -> int:
+        return await self._call(self._prune, finished_before_ms)
+
+    def _prune(self, finished_before_ms: int) -> int:
+        db = self.db
+        finished = sorted(RUN_FINISHED)
+        marks = ",".join("?" * len(finished))
+        old = f"SELECT run_id FROM runs WHERE status IN ({marks}) AND updated_ms<?"  # noqa: S608 - marks only
+        params = (*finished, finished_before_ms)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(f"DELETE FROM events WHERE run_id IN ({old})", params)  # noqa: S608 - marks only
+            removed = db.execute(f"DELETE FROM runs WHERE run_id IN ({old})", params).rowcount  # noqa: S608 - marks only
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return removed
 
     # -- agents
 
