@@ -22,8 +22,6 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
 
     Parametrised indirectly with "mongodb", its store is a MongoDB database of its own.
     """
-    # TODO: once the resume issue's crash tests land, mark them with
-    # parametrize("cluster", ["sqlite", "mongodb"], indirect=True) to run them on both.
     store = getattr(request, "param", "sqlite")
     cluster = Cluster(
         tmp_path, store_uri=request.getfixturevalue("mongo_uri") if store == "mongodb" else ""
@@ -34,12 +32,18 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
 
 
 @pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator:
-    """Start a workflowd with chosen options; every cluster made is torn down."""
+def make_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
+    """Start a workflowd with chosen options; every cluster made is torn down.
+
+    Parametrised indirectly with "mongodb", each cluster keeps its state in a
+    MongoDB database of its own.
+    """
     made: list[Cluster] = []
+    on_mongo = getattr(request, "param", "sqlite") == "mongodb"
 
     def make(*daemon_args: str) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster-{len(made)}")
+        store_uri = request.getfixturevalue("mongo_uri") if on_mongo else ""
+        cluster = Cluster(tmp_path / f"cluster-{len(made)}", store_uri=store_uri)
         cluster.root.mkdir()
         made.append(cluster)
         cluster.start_daemon(*daemon_args)

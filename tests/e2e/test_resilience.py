@@ -16,6 +16,9 @@ from tests.e2e.ledger import count, ledger_lines
 
 pytestmark = pytest.mark.e2e
 
+# the crash tests run on both stores: same guarantees, whatever keeps the state
+BOTH_STORES = pytest.mark.parametrize("make_cluster", ["sqlite", "mongodb"], indirect=True)
+
 
 def count_flow(ledger: Path, steps: list[tuple[str, str]], **params: object) -> str:
     """A workflow of test.count steps: (step id, placement) pairs, run in order."""
@@ -35,7 +38,11 @@ def successes(cluster: Cluster, run_id: str) -> Counter[str]:
     return Counter(e["step_id"] for e in cluster.history(run_id) if e["type"] == "step_succeeded")
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize(
+    ("make_cluster", "seed"),
+    [("sqlite", 1), ("sqlite", 2), ("mongodb", 3)],
+    indirect=["make_cluster"],
+)
 def test_coordinator_killed_at_random_moments(make_cluster, write_flow, tmp_path, seed) -> None:
     """SIGKILL of workflowd at random moments of a 30-step run: it ends, each step ran once."""
     cluster: Cluster = make_cluster()
@@ -68,6 +75,7 @@ def test_coordinator_killed_at_random_moments(make_cluster, write_flow, tmp_path
     assert all(recorded[step] == 1 for step, _ in steps)
 
 
+@BOTH_STORES
 def test_agent_killed_mid_step_is_retried_after_restart(
     make_cluster, write_flow, tmp_path
 ) -> None:
@@ -92,6 +100,7 @@ def test_agent_killed_mid_step_is_retried_after_restart(
     assert "step_failed" not in types
 
 
+@BOTH_STORES
 def test_result_finished_while_coordinator_down_survives_agent_restart(
     make_cluster, write_flow, tmp_path
 ) -> None:
@@ -118,6 +127,7 @@ def test_result_finished_while_coordinator_down_survives_agent_restart(
     wait_for(lambda: not list(outbox.glob("*.result")), what="the acknowledged result to leave")
 
 
+@BOTH_STORES
 def test_frozen_agent_fails_over_and_its_late_result_is_rejected(
     make_cluster, write_flow, tmp_path
 ) -> None:
@@ -176,6 +186,7 @@ def test_step_timeout_applies_the_retry_policy(make_cluster, write_flow, tmp_pat
     ]
 
 
+@BOTH_STORES
 def test_resume_skips_finished_steps_and_from_reruns(make_cluster, write_flow, tmp_path) -> None:
     """After a fix, resume runs only unfinished steps; --from reruns a step and its followers."""
     cluster: Cluster = make_cluster()
@@ -219,6 +230,7 @@ def test_resume_skips_finished_steps_and_from_reruns(make_cluster, write_flow, t
     assert "(already done, run skipped)" in rerun.stdout
 
 
+@BOTH_STORES
 def test_cancel_reaches_the_plugin_and_rolls_back(make_cluster, write_flow, tmp_path) -> None:
     """cancel mid-step: the plugin sees it, its rollback runs, the run ends cancelled."""
     cluster: Cluster = make_cluster()

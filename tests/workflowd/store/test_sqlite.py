@@ -380,9 +380,3 @@ def test_open_store_reads_sqlite_uris(tmp_path):
     """`sqlite:///PATH` and a plain path both open the SQLite store at that path."""
     assert open_store(f"sqlite://{tmp_path}/a.db").path == f"{tmp_path}/a.db"
     assert open_store(f"{tmp_path}/b.db").path == f"{tmp_path}/b.db"
-
-
-def test_open_store_refuses_mongodb():
-    """A MongoDB URI is refused with the store that is available."""
-    with pytest.raises(ValueError, match="use sqlite:///PATH"):
-        open_store("mongodb://db.example:27017/workflows")
