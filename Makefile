@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint format proto bench clean
+.PHONY: install demo examples test lint format proto bench clean
 
 $(BIN)/workflowd: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ install: $(BIN)/workflowd  ## virtual environment with the package and its test 
 
 demo: install  ## the main job: two agents hash two real trees, the coordinator compares them
 	PATH=$(abspath $(BIN)):$$PATH bash examples/provenance-demo.sh
+
+examples: install  ## the live examples: DH identification and a rolling deployment
+	PATH=$(abspath $(BIN)):$$PATH bash examples/live-demo.sh
 
 test: install  ## the whole test suite
 	$(BIN)/pytest -q

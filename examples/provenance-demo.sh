@@ -6,44 +6,24 @@
 # Needs workflowd, workflow-agent and workflowctl on PATH (`make demo` does that).
 set -euo pipefail
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/provenance-demo.XXXXXX")
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export WORKFLOW_COORDINATOR="127.0.0.1:$port"
-flow="$(cd "$(dirname "$0")" && pwd)/provenance.yaml"
-pids=()
-
-stop_all() {
-    # SIGTERM: each daemon finishes what it is doing and exits cleanly
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ -z "${KEEP_DEMO:-}" ]; then rm -rf "$work"; else echo "demo files kept in $work"; fi
-}
-trap stop_all EXIT
+. "$(dirname "$0")/local-cluster.sh"
+flow="$examples/provenance.yaml"
 
 stdlib=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 echo "== copying $stdlib to host-a and host-b"
 for host in host-a host-b; do
-    mkdir -p "$work/$host/data" "$work/$host/agent"
+    mkdir -p "$work/$host/data"
     tar -C "$stdlib" --exclude=site-packages --exclude=__pycache__ -cf - . | tar -C "$work/$host/data" -xf -
 done
 files=$(find "$work/host-a/data" -type f | wc -l)
 size=$(du -sh "$work/host-a/data" | cut -f1)
 echo "   $files files, $size per host"
 
-echo "== starting workflowd on $WORKFLOW_COORDINATOR (store: $work/workflowd.db)"
-workflowd --store "$work/workflowd.db" --listen "$WORKFLOW_COORDINATOR" 2>"$work/workflowd.log" &
-pids+=($!)
-for host in host-a host-b; do
-    workflow-agent --name "$host" --work-dir "$work/$host/agent" 2>"$work/$host/agent.log" &
-    pids+=($!)
-done
-
+start_workflowd
+start_agent host-a
+start_agent host-b
 echo "== waiting for both agents"
-for _ in $(seq 1 100); do
-    connected=$(workflowctl agents --json 2>/dev/null | grep -c '"connected": true' || true)
-    [ "$connected" = 2 ] && break
-    sleep 0.2
-done
+wait_agents 2
 workflowctl agents
 
 echo

@@ -82,11 +82,14 @@ class EventText:
             return f"{step}: {data.get('level', 'info')}: {data.get('message', '')}"
         if kind == events.STEP_SUCCEEDED:
             took = _seconds(at - self.dispatched_ms.get(step, at))
-            how = " (already done, run skipped)" if data.get("path") == "check" else ""
+            failed = ", ".join(data.get("failed", []))
+            how = {
+                "check": f" on {agent} in {took} (already done, run skipped)",
+                "signal": f" on signal {data.get('signal', '')}",
+                "fanout": f" on every instance but {failed}" if failed else " on every instance",
+            }.get(str(data.get("path")), f" on {agent} in {took}")
             outputs = summarize_outputs(data.get("outputs", {}))
-            return f"{step}: succeeded on {agent} in {took}{how}" + (
-                f": {outputs}" if outputs else ""
-            )
+            return f"{step}: succeeded{how}" + (f": {outputs}" if outputs else "")
         if kind == events.STEP_FAILED:
             message = str(data.get("message", "")).replace("\n", "\n    ")
             undone = " (rolled back)" if data.get("rolled_back") else ""
@@ -102,6 +105,18 @@ class EventText:
             return f"run cancel requested: {data.get('reason', '')}"
         if kind == events.RUN_CANCELLED:
             return "run cancelled"
+        if kind == events.RUN_SIGNALLED:
+            return f"signal {data.get('name', '')} received"
+        if kind == events.RUN_CONFIG_UPDATED:
+            return f"config {data.get('key', '')} = {_clip(json.dumps(data.get('value')), 40)}"
+        if kind == events.STEP_FANNED_OUT:
+            return f"{step}: fanned out to {', '.join(data.get('agents', []))}"
+        if kind == events.STEP_SKIPPED:
+            return f"{step}: skipped, its condition is false"
+        if kind == events.STEP_MESSAGE:
+            return f"{step}: sent a message to {data.get('topic', '')}"
+        if kind == events.STEP_OUTPUT:
+            return f"{step}: set output {data.get('name', '')}"
         if kind == events.RUN_RESUMED:
             return "run resumed; running again: " + ", ".join(data.get("rerun", []))
         return f"{step}: {kind}" if step else kind
