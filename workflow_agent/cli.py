@@ -53,11 +53,12 @@ async def _serve(agent: Agent, metrics_listen: str = "") -> None:
     service_manager.ready(f"connecting to {agent.coordinator}")
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    await service_manager.stopping(f"stopping, {agent.running} steps running")
+    service_manager.stopping(f"stopping, {agent.running} steps running")
     await agent.stop()
     await runner
     if exporter is not None:
         exporter.close()
+    await service_manager.close()
     log.info("agent_stopped", agent=agent.name)
 
 

@@ -79,7 +79,9 @@ async def serve(
         raise
     for service in ("", *SERVICE_NAMES):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
-    service_manager = systemd.ServiceNotifier(status=operations.coordinator_status(coordinator))
+    service_manager = systemd.ServiceNotifier(
+        status=operations.coordinator_status(coordinator, listen)
+    )
     service_manager.ready(f"serving on {listen}")
     log.info(
         "workflowd_started",
@@ -93,13 +95,14 @@ async def serve(
 
     await stopping.wait()
     log.info("workflowd_stopping")
-    await service_manager.stopping()
+    service_manager.stopping()
     await health.enter_graceful_shutdown()
     await coordinator.stop()
     await server.stop(grace=5)
     if exporter is not None:
         exporter.close()
     await store.close()
+    await service_manager.close()
     log.info("workflowd_stopped")
 
 

@@ -40,13 +40,13 @@ def export(metrics: CoordinatorMetrics | AgentMetrics | None, listen: str) -> Ex
         raise click.ClickException(f"cannot serve metrics on {listen}: {exc}") from None
 
 
-def coordinator_status(coordinator: Coordinator) -> Callable[[], str]:
-    """systemd's STATUS= line for workflowd: its agents and its unfinished runs."""
+def coordinator_status(coordinator: Coordinator, listen: str) -> Callable[[], str]:
+    """systemd's STATUS= line for workflowd: where it serves, its agents, its unfinished runs."""
 
     def status() -> str:
         agents = len(coordinator.agents.sessions())
         runs = len(coordinator.run_statuses())
-        return f"{agents} agents connected, {runs} runs in progress"
+        return f"serving on {listen}: {agents} agents connected, {runs} runs in progress"
 
     return status
 

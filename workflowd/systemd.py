@@ -91,6 +91,7 @@ class ServiceNotifier:
         self._status = status
         self._last_status = ""
         self._ticker: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def enabled(self) -> bool:
@@ -116,23 +117,27 @@ class ServiceNotifier:
             self._last_status = text
             self.notify(f"STATUS={text}")
 
-    async def stopping(self, status: str = "stopping") -> None:
-        """STOPPING=1; the watchdog is no longer fed (systemd stops expecting it)."""
+    def stopping(self, status: str = "stopping") -> None:
+        """STOPPING=1. The watchdog is still fed: a shutdown that wedges is noticed too."""
+        self._stopping = True
+        if self.enabled:
+            self._last_status = status
+            self.notify("STOPPING=1", f"STATUS={status}")
+
+    async def close(self) -> None:
+        """Stop feeding the watchdog; the last thing before the process exits."""
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
             self._ticker = None
-        if self.enabled:
-            self._last_status = status
-            self.notify("STOPPING=1", f"STATUS={status}")
 
     async def _tick(self) -> None:
         interval_s = self.watchdog_s or STATUS_INTERVAL_S
         while True:
             if self.watchdog_s is not None:
                 self.notify("WATCHDOG=1")
-            if self._status is not None:
+            if self._status is not None and not self._stopping:
                 try:
                     self.status(self._status())
                 except Exception:

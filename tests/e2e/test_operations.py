@@ -147,6 +147,19 @@ def test_agent_speaks_the_notify_protocol(cluster: Cluster, notify_socket) -> No
     assert "STOPPING=1" in next_message(sock, "STOPPING=1")[-1].splitlines()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_daemons_shut_down_gracefully(cluster: Cluster, signum: int) -> None:
+    """workflowd and an agent exit 0 on SIGTERM and on SIGINT, having said that they stopped."""
+    cluster.start_agent("host-a")
+
+    assert cluster.stop_agent("host-a", signum) == 0
+    assert cluster.stop_daemon(signum) == 0
+
+    assert "workflowd_stopped" in [line["event"] for line in json_log(cluster, "workflowd")]
+    assert "agent_stopped" in [line["event"] for line in json_log(cluster, "agent-host-a")]
+    assert "Traceback" not in cluster.log("workflowd") + cluster.log("agent-host-a")
+
+
 # ------------------------------------------------------------------ health and reflection
 
 

@@ -93,7 +93,8 @@ def test_notifier_without_socket_does_nothing():
         notifier = systemd.ServiceNotifier(environ={})
         notifier.ready("serving")
         assert notifier._ticker is None
-        await notifier.stopping()
+        notifier.stopping()
+        await notifier.close()
 
     asyncio.run(scenario())
 
@@ -120,7 +121,8 @@ def test_ready_watchdog_status_and_stopping(listener):
         )
         notifier.ready("serving on 127.0.0.1:7471")
         await asyncio.sleep(0.22)  # ticks at 0, 0.05, 0.10, 0.15, 0.20
-        await notifier.stopping("stopping")
+        notifier.stopping("stopping")
+        await notifier.close()
 
     asyncio.run(scenario())
 
@@ -135,6 +137,28 @@ def test_ready_watchdog_status_and_stopping(listener):
     ]
 
 
+def test_watchdog_is_fed_while_stopping(listener):
+    """After STOPPING=1 the watchdog is still fed, and no status overwrites "stopping"."""
+    address, sock = listener
+
+    async def scenario() -> None:
+        notifier = systemd.ServiceNotifier(
+            status=lambda: "busy",
+            environ={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "100000"},
+        )
+        notifier.ready()
+        notifier.stopping("draining")
+        await asyncio.sleep(0.17)
+        await notifier.close()
+
+    asyncio.run(scenario())
+
+    messages = received(sock)
+    after = messages[messages.index("STOPPING=1\nSTATUS=draining") + 1 :]
+    assert after.count("WATCHDOG=1") >= 2
+    assert set(after) == {"WATCHDOG=1"}
+
+
 def test_a_wedged_loop_stops_feeding_the_watchdog(listener):
     """While the event loop is blocked no WATCHDOG=1 is sent, so systemd would restart us."""
     address, sock = listener
@@ -147,7 +171,7 @@ def test_a_wedged_loop_stops_feeding_the_watchdog(listener):
         await asyncio.sleep(0.2)
         time.sleep(0.5)  # noqa: ASYNC251 - the wedge under test: a blocking call on the loop
         await asyncio.sleep(0.2)
-        await notifier.stopping()
+        await notifier.close()
 
     service = threading.Thread(target=asyncio.run, args=(scenario(),))
     service.start()
