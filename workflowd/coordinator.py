@@ -307,7 +307,11 @@ class Coordinator:
         self._states[run_id] = state
         self.notifier.notify(run_id)
         if self.metrics is not None:
-            self.metrics.committed(before, state, stored)
+            try:
+                self.metrics.committed(before, state, stored)
+            except Exception:
+                # counting is not worth a commit: the history is stored, carry on
+                log.exception("metrics_update_failed", run_id=run_id)
 
         for event in stored:
             self._log_event(run_id, event)

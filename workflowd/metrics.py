@@ -68,6 +68,13 @@ _COUNTED = frozenset(
 )
 
 
+def _task(state: RunState, step_id: str) -> str:
+    try:
+        return state.workflow.step(step_id).task
+    except KeyError:
+        return "unknown"
+
+
 class _RunsCollector(Collector):
     """`workflowd_runs{state}`: the unfinished runs the coordinator holds, read at scrape time."""
 
@@ -166,7 +173,7 @@ class CoordinatorMetrics:
             kind = event.type
             if kind not in _COUNTED:
                 continue
-            task = after.workflow.step(event.step_id).task
+            task = _task(after, event.step_id)
             if kind == events.STEP_DISPATCHED:
                 dispatched_ms[event.step_id] = event.time_ms
                 self.steps_dispatched.labels(task).inc()
