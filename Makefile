@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo examples test lint format proto bench clean
 
-$(BIN)/workflowd: setup.cfg pyproject.toml
+$(BIN)/workflowd: setup.cfg pyproject.toml tests/plugins/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -74,15 +74,18 @@ class Cluster:
     def store_path(self) -> Path:
         return self.root / "workflowd.db"
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env["WORKFLOW_COORDINATOR"] = self.address
         env.pop("WORKFLOWD_STORE", None)
+        env.update(extra or {})
         return env
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
-        return subprocess.Popen(argv, stdout=log, stderr=log, env=self._env(), cwd=self.root)
+        return subprocess.Popen(argv, stdout=log, stderr=log, env=self._env(env), cwd=self.root)
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"
@@ -90,7 +93,9 @@ class Cluster:
 
     # -- workflowd
 
-    def start_daemon(self, *extra: str) -> None:
+    def start_daemon(
+        self, *extra: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> None:
         self.daemon = self._spawn(
             "workflowd",
             [
@@ -101,8 +106,10 @@ class Cluster:
                 self.store_uri or str(self.store_path),
                 *extra,
             ],
+            env,
         )
-        wait_for(self._serving, 20, "workflowd to serve")
+        if wait:
+            wait_for(self._serving, 20, "workflowd to serve")
 
     def _serving(self) -> bool:
         if self.daemon is not None and self.daemon.poll() is not None:
@@ -127,12 +134,15 @@ class Cluster:
 
     # -- agents
 
-    def start_agent(self, name: str, *extra: str, wait: bool = True) -> subprocess.Popen[bytes]:
+    def start_agent(
+        self, name: str, *extra: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         work = self.root / f"agent-{name}"
         work.mkdir(exist_ok=True)
         process = self._spawn(
             f"agent-{name}",
             [str(BIN / "workflow-agent"), "--name", name, "--work-dir", str(work), *extra],
+            env,
         )
         self.agents[name] = process
         if wait:

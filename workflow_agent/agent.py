@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -27,6 +29,9 @@ from workflowd.grpc_options import CHANNEL_OPTIONS
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
 from workflowd.tasks import Report, StepContext, Task
+
+if TYPE_CHECKING:
+    from workflowd.metrics import AgentMetrics
 
 log = structlog.get_logger()
 
@@ -59,6 +64,14 @@ def result_message(key: AttemptKey, outcome: Outcome) -> pb.AgentMessage:
     return _step(key, failed=failed)
 
 
+def _outcome(outcome: Outcome) -> str:
+    if outcome.ok:
+        return "succeeded"
+    if outcome.error in ("interrupted", "cancelled"):
+        return outcome.error
+    return "failed"
+
+
 class Backoff:
     """Full-jitter exponential backoff: a random wait up to a doubling ceiling."""
 
@@ -87,6 +100,7 @@ class Agent:
         plugins: Mapping[str, type[Task]],
         work_dir: Path,
         grace_s: float = 30.0,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.name = name
@@ -104,6 +118,14 @@ class Agent:
         self._draining = False
         self._acked = asyncio.Event()
         self.connected = asyncio.Event()
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.steps_running.set_function(lambda: self.running)
+
+    @property
+    def running(self) -> int:
+        """How many step attempts run here now."""
+        return len(self._running)
 
     # ------------------------------------------------------------ life cycle
 
@@ -126,8 +148,12 @@ class Agent:
             finally:
                 self.connected.clear()
                 self._outbox = None
+                if self.metrics is not None:
+                    self.metrics.connected.set(0)
             if self._stopping.is_set():
                 break
+            if self.metrics is not None:
+                self.metrics.stream_losses.inc()
             delay = self.backoff.next_delay_s()
             self.log.info("reconnect_scheduled", delay_s=round(delay, 2))
             with contextlib.suppress(TimeoutError):
@@ -206,6 +232,9 @@ class Agent:
             self._outbox = outbox
             self.backoff.reset()
             self.connected.set()
+            if self.metrics is not None:
+                self.metrics.connects.inc()
+                self.metrics.connected.set(1)
             self.log.info("agent_connected", coordinator=self.coordinator, resent=len(self._held))
 
             reader = asyncio.create_task(self._read(call))
@@ -332,7 +361,12 @@ class Agent:
             self._send(_step(key, log=pb.StepLog(level=first, message=second)))
 
     async def _run_step(self, key: AttemptKey, start: pb.StartStep, ctx: StepContext) -> None:
+        # everything logged while the step runs, by the plugin too, says which step it is
+        structlog.contextvars.bind_contextvars(
+            run_id=key[0], step_id=key[1], attempt=key[2], agent=self.name
+        )
         bound = self.log.bind(run_id=key[0], step_id=key[1], attempt=key[2], task=start.task)
+        began = time.monotonic()
         self._send(_step(key, started=pb.StepStarted()))
         try:
             plugin = self.plugins.get(start.task)
@@ -353,6 +387,9 @@ class Agent:
         finally:
             self._running.pop(key, None)
         bound.info("step_finished", ok=outcome.ok, path=outcome.path, error=outcome.error or None)
+        if self.metrics is not None:
+            task = start.task if start.task in self.plugins else "unknown"
+            self.metrics.step_finished(task, _outcome(outcome), time.monotonic() - began)
         message = result_message(key, outcome)
         if outcome.error != "interrupted":
             # kept on disk until acknowledged; an interruption is only news

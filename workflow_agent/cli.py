@@ -14,10 +14,13 @@ import structlog
 import uvloop
 
 from workflow_agent.agent import Agent
-from workflowd import DEFAULT_ADDRESS, __version__, logs
+from workflowd import DEFAULT_ADDRESS, __version__, logs, operations, systemd
+from workflowd.config import config_file
 from workflowd.tasks import load_plugins
 
 log = structlog.get_logger()
+
+DEFAULT_CONFIG = Path("/etc/workflow-agent/agent.toml")
 
 
 def _labels(
@@ -37,19 +40,29 @@ def _default_work_dir() -> Path:
     return Path(base) if base else Path.home() / ".local" / "state" / "workflow-agent"
 
 
-async def _serve(agent: Agent) -> None:
+async def _serve(agent: Agent, metrics_listen: str = "") -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    exporter = operations.export(agent.metrics, metrics_listen)
+    # Ready as a service once it runs: an agent whose coordinator is away keeps
+    # trying to reach it, which is its normal work (STATUS says how it goes).
+    service_manager = systemd.ServiceNotifier(status=operations.agent_status(agent))
     runner = asyncio.create_task(agent.run())
+    service_manager.ready(f"connecting to {agent.coordinator}")
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    service_manager.stopping(f"stopping, {agent.running} steps running")
     await agent.stop()
     await runner
+    if exporter is not None:
+        exporter.close()
+    await service_manager.close()
     log.info("agent_stopped", agent=agent.name)
 
 
+@config_file(DEFAULT_CONFIG, "WORKFLOW_AGENT_CONFIG")
 @click.command(context_settings={"show_default": True})
 @click.option(
     "--coordinator",
@@ -93,13 +106,27 @@ async def _serve(agent: Agent) -> None:
     help="Where steps get their scratch directories.",
 )
 @click.option(
-    "--grace", "grace_s", default=30.0, help="Seconds running steps get to finish on SIGTERM."
+    "--grace",
+    "grace_s",
+    default=30.0,
+    envvar="WORKFLOW_AGENT_GRACE",
+    show_envvar=True,
+    help="Seconds running steps get to finish on SIGTERM.",
 )
 @click.option(
     "--log-level",
     default="info",
     envvar="WORKFLOW_AGENT_LOG_LEVEL",
+    show_envvar=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.option(
+    "--metrics-listen",
+    default="",
+    envvar="WORKFLOW_AGENT_METRICS_LISTEN",
+    show_envvar=True,
+    show_default="off",
+    help="HOST:PORT to serve Prometheus metrics on, at /metrics.",
 )
 @click.version_option(__version__)
 def main(
@@ -110,6 +137,7 @@ def main(
     work_dir: Path,
     grace_s: float,
     log_level: str,
+    metrics_listen: str,
 ) -> None:
     """Run workflow steps on this host for a workflowd coordinator."""
     logs.configure(log_level)
@@ -121,9 +149,10 @@ def main(
         labels=labels,
         plugins=sorted(plugins),
     )
-    agent = Agent(coordinator, name, labels, plugins, work_dir, grace_s)
+    metrics = operations.agent_metrics(metrics_listen)
+    agent = Agent(coordinator, name, labels, plugins, work_dir, grace_s, metrics)
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_serve(agent))
+        uvloop.run(_serve(agent, metrics_listen))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -32,6 +32,9 @@ from workflowd.execution import Outcome, execute
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.store.base import AgentRecord, RunRecord, Store, new_run_id, now_ms
 from workflowd.tasks import Report, StepContext, Task
+
+if TYPE_CHECKING:
+    from workflowd.metrics import CoordinatorMetrics
 
 log = structlog.get_logger()
 
@@ -72,6 +75,7 @@ class Coordinator:
         heartbeat_timeout_s: float = 15.0,
         limits: Limits = Limits(),  # noqa: B008 - a frozen value, safe to share
         tick_s: float = 0.25,
+        metrics: CoordinatorMetrics | None = None,
     ) -> None:
         self.store = store
         self.plugins = dict(plugins)
@@ -91,12 +95,17 @@ class Coordinator:
         self._receivers: defaultdict[str, defaultdict[str, list[Receiver]]] = defaultdict(
             lambda: defaultdict(list)
         )
+        self._known_agents: set[str] = set()  # names that have connected before, ever
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.track(self.run_statuses, lambda: len(self.agents.sessions()))
 
     # ------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
         """Pick up every run that was going when the coordinator last stopped."""
         for agent in await self.store.agents():
+            self._known_agents.add(agent.name)
             if agent.connected:
                 await self.store.set_agent_connected(agent.name, False)
         started = time.monotonic()
@@ -137,6 +146,10 @@ class Coordinator:
             session.close()
         pending = [task for task, _ in self._local.values()] + list(self._background)
         await asyncio.gather(*pending, return_exceptions=True)
+
+    def run_statuses(self) -> list[str]:
+        """Statuses of the unfinished runs; called from the metrics thread, so it only reads."""
+        return [state.status for state in list(self._states.values())]
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -250,7 +263,10 @@ class Coordinator:
             engine.RUN_SUBMITTED,
             data={"name": workflow.name, "inputs": values, "config": dict(workflow.config)},
         )
+        written = time.perf_counter()
         stored, created = await self.store.create_run(record, [first])
+        if self.metrics is not None:
+            self.metrics.store_written("create_run", time.perf_counter() - written)
         if not created:
             log.info("run_submit_deduplicated", run_id=stored.run_id)
             return stored.run_id, True
@@ -298,10 +314,19 @@ class Coordinator:
         """Store events, apply them, carry out their effects. Caller holds the run lock."""
         before = self._states[run_id]
         status = engine.replay(before, events).status
+        written = time.perf_counter()
         stored = await self.store.append(run_id, events, status)
+        if self.metrics is not None:
+            self.metrics.store_written("append", time.perf_counter() - written)
         state = engine.replay(before, stored)
         self._states[run_id] = state
         self.notifier.notify(run_id)
+        if self.metrics is not None:
+            try:
+                self.metrics.committed(before, state, stored)
+            except Exception:
+                # counting is not worth a commit: the history is stored, carry on
+                log.exception("metrics_update_failed", run_id=run_id)
 
         for event in stored:
             self._log_event(run_id, event)
@@ -329,8 +354,12 @@ class Coordinator:
     def _log_event(self, run_id: str, event: Event) -> None:
         if event.type in (engine.STEP_PROGRESS, engine.STEP_LOG):
             return
-        context = {"step_id": event.step_id, "attempt": event.attempt, "agent": event.agent}
-        fields = {k: v for k, v in context.items() if v}
+        # all three given, even when empty: a local step's bound context must not leak in
+        fields = {
+            "step_id": event.step_id or None,
+            "attempt": event.attempt or None,
+            "agent": event.agent or None,
+        }
         if event.type in (engine.STEP_FAILED, engine.RUN_FAILED, engine.STEP_INTERRUPTED):
             reason = (
                 event.data.get("error") or event.data.get("reason") or event.data.get("step_id")
@@ -351,7 +380,9 @@ class Coordinator:
         if session is None:
             # The agent left between the decision and now; its hello will tell
             # whether it has the attempt, and reconciliation reruns it if not.
-            log.warning("dispatch_target_gone", run_id=run_id, step_id=event.step_id)
+            log.warning(
+                "dispatch_target_gone", run_id=run_id, step_id=event.step_id, agent=event.agent
+            )
             return
         session.running.add(key)
         session.send(
@@ -573,6 +604,10 @@ class Coordinator:
                     await self.report(COORDINATOR, run_id, report_event(key, COORDINATOR, item))
 
         async def run() -> None:
+            # everything logged while the step runs, by the plugin too, says which step it is
+            structlog.contextvars.bind_contextvars(
+                run_id=run_id, step_id=step_id, attempt=attempt, agent=COORDINATOR
+            )
             forwarder = asyncio.create_task(forward())
             try:
                 await self.report(
@@ -620,6 +655,9 @@ class Coordinator:
 
         old = self.agents.add(session)
         self._gone_since.pop(session.name, None)
+        if self.metrics is not None:
+            self.metrics.agent_connected(reconnect=session.name in self._known_agents)
+        self._known_agents.add(session.name)
         if old is not None:
             log.warning("agent_replaced", agent=session.name)
             old.close()

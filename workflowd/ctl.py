@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -11,17 +13,28 @@ from typing import Any, NoReturn
 
 import click
 import grpc
+from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.table import Table
 
 from workflowd import DEFAULT_ADDRESS, events
 from workflowd.grpc_options import CHANNEL_OPTIONS
-from workflowd.render import LivePrinter, PlainPrinter, summarize_outputs
+from workflowd.render import LivePrinter, PlainPrinter, attempts, summarize_outputs
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
 
 # exit codes
 OK, RUN_FAILED, USAGE, NOT_FOUND, UNREACHABLE = 0, 1, 2, 3, 4
+# stopped by a signal while following a run: 128 + the signal's number, as shells report it
+INTERRUPTED, TERMINATED, BROKEN_PIPE = 128 + signal.SIGINT, 128 + signal.SIGTERM, 141
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while following a run: raised like Ctrl-C, so that one path cleans up."""
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    raise Terminated
 
 
 class Client:
@@ -96,6 +109,25 @@ def _stream(client: Client, run_id: str, follow: bool) -> Iterator[dict[str, Any
         client.fail(exc)
 
 
+def _complete_run(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of a RUN_ID: the coordinator's recent runs, nothing when it is away."""
+    address = ctx.find_root().params.get("coordinator") or DEFAULT_ADDRESS
+    try:
+        with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            runs = (
+                rpc.ControlServiceStub(channel)
+                .ListRuns(pb.ListRunsRequest(limit=100), timeout=2.0)
+                .runs
+            )
+    except grpc.RpcError:
+        return []
+    return [
+        CompletionItem(run.run_id, help=f"{run.name} ({run.status})")
+        for run in runs
+        if run.run_id.startswith(incomplete)
+    ]
+
+
 def follow_run(client: Client, run_id: str, as_json: bool, follow: bool = True) -> int:
     """Print a run's history, then its live events; the exit code says how it ended."""
     console = Console(highlight=False, soft_wrap=True)
@@ -105,6 +137,7 @@ def follow_run(client: Client, run_id: str, as_json: bool, follow: bool = True) 
         else (LivePrinter(console) if console.is_terminal else PlainPrinter(console))
     )
     final = ""
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         for event in _stream(client, run_id, follow=follow):
             if event["type"] in events.RUN_TERMINAL_EVENTS:
@@ -113,7 +146,19 @@ def follow_run(client: Client, run_id: str, as_json: bool, follow: bool = True) 
                 click.echo(json.dumps(event))
             else:
                 printer.handle(event)
+    except KeyboardInterrupt as exc:
+        # the run goes on; only watching it stops
+        if printer is not None:
+            printer.close()
+            printer = None
+        return TERMINATED if isinstance(exc, Terminated) else INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`| head`): say nothing more, and let the exit not flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        printer = None
+        return BROKEN_PIPE
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if printer is not None:
             printer.close()
     return OK if final == events.RUN_SUCCEEDED else RUN_FAILED
@@ -186,7 +231,7 @@ def validate(client: Client, flow: Path, inputs: dict[str, str]) -> None:
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=_complete_run)
 @click.option("--reason", default="", help="Recorded in the run's history.")
 @click.pass_obj
 def cancel(client: Client, run_id: str, reason: str) -> None:
@@ -196,7 +241,7 @@ def cancel(client: Client, run_id: str, reason: str) -> None:
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=_complete_run)
 @click.option("--from", "from_step", default="", help="Re-run this step and every step after it.")
 @click.option(
     "--follow", "-f", is_flag=True, help="Tail the run until it ends; exit with its outcome."
@@ -260,7 +305,7 @@ def signal(client: Client, run_id: str, name: str, payload: str) -> None:
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=_complete_run)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
 @click.option(
     "--follow/--no-follow",
@@ -284,17 +329,26 @@ def _console() -> Console:
     return console if console.is_terminal else Console(highlight=False, width=200)
 
 
+def _clock(ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) if ms else ""
+
+
+def _took(start_ms: int, end_ms: int) -> str:
+    return f"{(end_ms - start_ms) / 1000:.1f}s" if start_ms and end_ms else ""
+
+
 def _when(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else ""
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=_complete_run)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def status(client: Client, run_id: str, as_json: bool) -> None:
-    """Show a run and each of its steps."""
+    """Show a run, each of its steps, and each attempt of a step that was tried again."""
     run = client.call("GetRun", pb.GetRunRequest(run_id=run_id))
+    tries = attempts(_stream(client, run_id, follow=False))
     if as_json:
         steps = [
             {
@@ -309,6 +363,7 @@ def status(client: Client, run_id: str, as_json: bool) -> None:
                 "outputs": json.loads(s.outputs_json) if s.outputs_json else None,
                 "started_ms": s.started_ms,
                 "finished_ms": s.finished_ms,
+                "attempts": [a.as_dict() for a in tries.get(s.step_id, [])],
             }
             for s in run.steps
         ]
@@ -333,25 +388,40 @@ def status(client: Client, run_id: str, as_json: bool) -> None:
         f"created {_when(run.summary.created_ms)}, updated {_when(run.summary.updated_ms)}"
     )
     table = Table(box=None, pad_edge=False)
-    for column in ("step", "task", "where", "status", "attempt", "took"):
+    for column in ("step", "task", "where", "status", "attempt", "started", "took"):
         table.add_column(column, no_wrap=True)
     table.add_column("detail", no_wrap=True, overflow="ellipsis", max_width=80)
     for step in run.steps:
         detail = (step.waiting_reason or step.error).splitlines()[:1]
         if not detail and step.outputs_json:
             detail = [summarize_outputs(json.loads(step.outputs_json))]
-        took = ""
-        if step.started_ms and step.finished_ms:
-            took = f"{(step.finished_ms - step.started_ms) / 1000:.1f}s"
         table.add_row(
             step.step_id,
             step.task,
             step.agent or step.target,
             step.status,
             str(step.attempt or ""),
-            took,
+            _clock(step.started_ms),
+            _took(step.started_ms, step.finished_ms),
             "".join(detail),
         )
+        history = tries.get(step.step_id, [])
+        if len(history) < 2:
+            continue
+        # a step tried more than once: one line per attempt, oldest first
+        for attempt in history:
+            error = f"{attempt.error}: " if attempt.error else ""
+            table.add_row(
+                f"  #{attempt.attempt}",
+                "",
+                attempt.host,
+                attempt.outcome,
+                "",
+                _clock(attempt.dispatched_ms),
+                _took(attempt.dispatched_ms, attempt.finished_ms),
+                error + "".join(attempt.message.splitlines()[:1]),
+                style="dim",
+            )
     console.print(table)
     if run.error:
         console.print(f"[red]error:[/] {run.error}", markup=True)

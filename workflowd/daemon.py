@@ -13,15 +13,18 @@ import structlog
 import uvloop
 from grpc_health.v1 import health_pb2
 
-from workflowd import DEFAULT_ADDRESS, __version__, logs
+from workflowd import DEFAULT_ADDRESS, __version__, logs, operations, systemd
+from workflowd.config import config_file
 from workflowd.coordinator import Coordinator
 from workflowd.engine import Limits
 from workflowd.errors import WorkflowError
-from workflowd.server import build_server
+from workflowd.server import SERVICE_NAMES, build_server
 from workflowd.store import describe, open_store
 from workflowd.tasks import load_plugins
 
 log = structlog.get_logger()
+
+DEFAULT_CONFIG = Path("/etc/workflowd/workflowd.toml")
 
 
 def default_store() -> str:
@@ -39,17 +42,20 @@ async def serve(
     heartbeat_timeout_s: float = 15.0,
     agent_wait_s: float = 3600.0,
     store_wait_s: float = 0.0,
+    metrics_listen: str = "",
 ) -> None:
     try:
         store = open_store(store_uri, wait_s=store_wait_s)
         await store.open()
     except WorkflowError as exc:
         raise click.ClickException(str(exc)) from None
+    metrics = operations.coordinator_metrics(metrics_listen)
     coordinator = Coordinator(
         store,
         load_plugins(),
         heartbeat_timeout_s=heartbeat_timeout_s,
         limits=Limits(agent_wait_ms=int(agent_wait_s * 1000)),
+        metrics=metrics,
     )
     server, health = build_server(coordinator, heartbeat_interval_s=heartbeat_timeout_s / 3)
     try:
@@ -65,7 +71,19 @@ async def serve(
 
     await server.start()
     await coordinator.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    try:
+        exporter = operations.export(metrics, metrics_listen)
+    except click.ClickException:
+        await coordinator.stop()
+        await server.stop(grace=None)
+        await store.close()
+        raise
+    for service in ("", *SERVICE_NAMES):
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    service_manager = systemd.ServiceNotifier(
+        status=operations.coordinator_status(coordinator, listen)
+    )
+    service_manager.ready(f"serving on {listen}")
     log.info(
         "workflowd_started",
         listen=listen,
@@ -73,17 +91,23 @@ async def serve(
         store=describe(store_uri),
         plugins=sorted(coordinator.plugins),
         version=__version__,
+        metrics=metrics_listen and f"http://{metrics_listen}/metrics",
     )
 
     await stopping.wait()
     log.info("workflowd_stopping")
+    service_manager.stopping()
     await health.enter_graceful_shutdown()
     await coordinator.stop()
     await server.stop(grace=5)
+    if exporter is not None:
+        exporter.close()
     await store.close()
+    await service_manager.close()
     log.info("workflowd_stopped")
 
 
+@config_file(DEFAULT_CONFIG, "WORKFLOWD_CONFIG")
 @click.command(context_settings={"show_default": True})
 @click.option(
     "--listen",
@@ -137,6 +161,14 @@ async def serve(
     show_envvar=True,
     help="Seconds a step waits for a suitable agent before it fails (resumably).",
 )
+@click.option(
+    "--metrics-listen",
+    default="",
+    envvar="WORKFLOWD_METRICS_LISTEN",
+    show_envvar=True,
+    show_default="off",
+    help="HOST:PORT to serve Prometheus metrics on, at /metrics.",
+)
 @click.version_option(__version__)
 def main(
     listen: str,
@@ -145,11 +177,21 @@ def main(
     log_level: str,
     heartbeat_timeout_s: float,
     agent_wait_s: float,
+    metrics_listen: str,
 ) -> None:
     """Coordinate workflow runs across remote agents."""
     logs.configure(log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(listen, store_uri, heartbeat_timeout_s, agent_wait_s, store_wait_s))
+        uvloop.run(
+            serve(
+                listen,
+                store_uri,
+                heartbeat_timeout_s,
+                agent_wait_s,
+                store_wait_s,
+                metrics_listen,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ attempt, and a cancellation, run the plugin's rollback when it has one.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import json
@@ -45,8 +46,11 @@ class Outcome:
 async def _call(method: Any, ctx: StepContext, params: BaseModel) -> Any:
     if inspect.iscoroutinefunction(method):
         return await method(ctx, params)
+    # the thread runs in a copy of this task's context, so that structlog's bound
+    # run_id, step_id and agent reach what the plugin logs from there
+    context = contextvars.copy_context()
     future = asyncio.get_running_loop().run_in_executor(
-        None, functools.partial(method, ctx, params)
+        None, functools.partial(context.run, method, ctx, params)
     )
     try:
         return await asyncio.shield(future)

@@ -25,6 +25,12 @@ from workflowd.store.base import now_ms
 
 log = structlog.get_logger()
 
+# The services a health check may name, besides "" for the whole server.
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    pb.DESCRIPTOR.services_by_name["ControlService"].full_name,
+)
+
 HELLO_TIMEOUT_S = 10.0
 HEARTBEAT_INTERVAL_S = 5.0
 TAIL_BATCH = 500
@@ -407,8 +413,7 @@ def build_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
-        pb.DESCRIPTOR.services_by_name["AgentService"].full_name,
-        pb.DESCRIPTOR.services_by_name["ControlService"].full_name,
+        *SERVICE_NAMES,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )

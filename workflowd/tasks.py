@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import structlog
 from pydantic import BaseModel, ConfigDict
 
+from workflowd import logs
 from workflowd.errors import TaskError, WorkflowError
 
 ENTRY_POINT_GROUP = "workflow.tasks"
@@ -242,7 +243,9 @@ class StepLogger:
 
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
         getattr(self._local, level)(event, **fields)
-        text = " ".join([event, *(f"{k}={v}" for k, v in fields.items())])
+        # the run's history is a log too: secrets stay out of it
+        shown = logs.redact(None, level, dict(fields))
+        text = " ".join([event, *(f"{k}={v}" for k, v in shown.items())])
         self._ctx.report(("log", level, text))
 
     def debug(self, event: str, **fields: Any) -> None:

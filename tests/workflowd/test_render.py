@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 
 import pytest
 from rich.console import Console
 
-from workflowd.render import EventText, PlainPrinter, summarize_outputs
+from workflowd.render import (
+    EventText,
+    LivePrinter,
+    PlainPrinter,
+    RunBoard,
+    attempts,
+    summarize_outputs,
+)
 
 
 def event(kind: str, step: str = "", at: int = 0, **fields) -> dict:
@@ -40,6 +48,11 @@ def test_summarize_outputs_clips_long_strings():
     assert summarize_outputs({"digest": "0123456789" * 6}) == (
         "digest=" + "0123456789" * 3 + "012345678…"
     )
+
+
+def test_summarize_outputs_rounds_floats():
+    """Floats are shown to three decimals at most."""
+    assert summarize_outputs({"slept_s": 2.000115155, "ratio": 0.5}) == "slept_s=2.0 ratio=0.5"
 
 
 def test_summarize_no_outputs():
@@ -214,3 +227,174 @@ def test_plain_printer_prints_other_events_with_a_clock():
         f"{clock}  run started",
         f"{clock}  a: waiting: [bold]x[/bold]",
     ]
+
+
+# ------------------------------------------------------------------ RunBoard and LivePrinter
+
+
+def step_event(kind: str, step: str, at: int, agent: str = "", attempt: int = 1, **data) -> dict:
+    return {
+        "type": kind,
+        "step_id": step,
+        "time_ms": at,
+        "agent": agent,
+        "attempt": attempt,
+        "data": data,
+    }
+
+
+RUN = [
+    {"type": "run_submitted", "run_id": "r1", "time_ms": 10_000, "data": {"name": "provenance"}},
+    {"type": "run_started", "run_id": "r1", "time_ms": 10_000, "data": {}},
+    step_event("step_dispatched", "manifest-a", 10_100, "host-a"),
+    step_event("step_started", "manifest-a", 10_200, "host-a"),
+    step_event("step_progress", "manifest-a", 11_000, "host-a", fraction=0.42, message="os.py"),
+    step_event("step_dispatched", "manifest-b", 10_100, "host-b"),
+    step_event("step_started", "manifest-b", 10_200, "host-b"),
+    step_event("step_succeeded", "manifest-b", 12_100, "host-b", outputs={"files": 3}),
+    step_event("step_waiting", "compare", 10_100, reason="agent host-c is not connected"),
+]
+
+
+def board_text(board: RunBoard, width: int = 120) -> list[str]:
+    """The board as a terminal shows it, without colours, one string per line."""
+    console = Console(file=io.StringIO(), force_terminal=True, width=width, record=True)
+    console.print(board)
+    return [line.rstrip() for line in console.export_text().splitlines()]
+
+
+def cells(line: str) -> list[str]:
+    """A step line's words, with its progress bar as "<bar>"."""
+    return ["<bar>" if set(word) <= set("━╺╸") else word for word in line.split()]
+
+
+def test_board_has_one_line_per_step_in_order_of_appearance():
+    """Each step has one line with its state, bar, percentage, host, time and message."""
+    board = RunBoard(clock_ms=lambda: 20_000)
+    for item in RUN:
+        board.update(item)
+
+    header, first, second, third = board_text(board)
+
+    assert header == "run provenance r1  ▶ running  10.0s"
+    assert cells(first) == [
+        *("▶", "running", "manifest-a", "<bar>", "42%", "on", "host-a", "9.9s", "os.py")
+    ]
+    assert cells(second) == [
+        *("✓", "succeeded", "manifest-b", "<bar>", "100%", "on", "host-b", "2.0s", "files=3")
+    ]
+    # a step that never started has no bar
+    assert " ".join(cells(third)) == "… waiting compare agent host-c is not connected"
+
+
+def test_board_keeps_finished_steps_with_their_final_state():
+    """When the run ends every step keeps its line, and the header shows the outcome."""
+    board = RunBoard(clock_ms=lambda: 99_000)
+    for item in RUN:
+        board.update(item)
+    board.update(step_event("step_failed", "manifest-a", 13_100, "host-a", message="gone\nmore"))
+    board.update({"type": "run_failed", "time_ms": 13_200, "data": {"message": "gone"}})
+
+    header, first, second, third = board_text(board)
+
+    assert header == "run provenance r1  ✗ failed  3.2s"
+    assert cells(first) == [
+        *("✗", "failed", "manifest-a", "<bar>", "42%", "on", "host-a", "3.0s", "gone")
+    ]
+    assert cells(second)[:3] == ["✓", "succeeded", "manifest-b"]
+    assert cells(third)[:3] == ["…", "waiting", "compare"]
+
+
+def test_board_shows_unknown_progress_without_a_percentage():
+    """A plugin that cannot say how far it is gets no percentage, only its message."""
+    board = RunBoard(clock_ms=lambda: 11_000)
+    board.update(step_event("step_dispatched", "scan", 10_000, "host-a"))
+    board.update(step_event("step_started", "scan", 10_000, "host-a"))
+    board.update(step_event("step_progress", "scan", 10_500, "host-a", fraction=-1, message="x"))
+
+    (_, line) = board_text(board)
+
+    assert cells(line) == ["▶", "running", "scan", "<bar>", "on", "host-a", "1.0s", "x"]
+
+
+def test_board_starts_a_retried_step_over():
+    """A new attempt replaces the failed one on the step's line, on its new host."""
+    board = RunBoard(clock_ms=lambda: 30_000)
+    board.update(step_event("step_dispatched", "hash", 10_000, "host-a"))
+    board.update(step_event("step_failed", "hash", 11_000, "host-a", message="disk"))
+    board.update(step_event("step_retrying", "hash", 11_000, delay_s=2.0))
+    board.update(step_event("step_dispatched", "hash", 13_000, "host-b", attempt=2))
+
+    (_, line) = board_text(board)
+
+    assert cells(line) == ["→", "dispatched", "hash", "<bar>", "0%", "on", "host-b", "17.0s"]
+
+
+def test_live_printer_prints_news_above_the_step_lines():
+    """Failures, waits and the outcome scroll above; the step lines stay at the end."""
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120, color_system=None)
+    printer = LivePrinter(console, refresh_per_second=20)
+    for item in RUN:
+        printer.handle(item)
+    printer.handle(step_event("step_succeeded", "manifest-a", 13_000, "host-a"))
+    printer.handle({"type": "run_succeeded", "time_ms": 14_000, "data": {}})
+    printer.close()
+
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    news = [line for line in text.splitlines() if re.match(r"\d\d:\d\d:\d\d  ", line)]
+    assert [line[10:] for line in news] == [
+        "run provenance submitted",
+        "compare: waiting: agent host-c is not connected",
+        "run succeeded in 4.0s",
+    ]
+    final = [cells(line)[:3] for line in text.rstrip().splitlines()[-3:]]
+    assert final == [
+        ["✓", "succeeded", "manifest-a"],
+        ["✓", "succeeded", "manifest-b"],
+        ["…", "waiting", "compare"],
+    ]
+
+
+# ------------------------------------------------------------------ attempts
+
+
+def test_attempts_of_each_step():
+    """Every attempt of a step is listed with its host, times, outcome and error."""
+    history = [
+        step_event("step_dispatched", "hash", 1_000, "host-a", attempt=1),
+        step_event("step_started", "hash", 1_100, "host-a", attempt=1),
+        step_event("step_failed", "hash", 2_000, "host-a", 1, error="timeout", message="late"),
+        step_event("step_dispatched", "hash", 4_000, "host-b", attempt=2),
+        step_event("step_progress", "hash", 4_500, "host-b", attempt=2, fraction=0.5),
+        step_event("step_succeeded", "hash", 5_000, "host-b", attempt=2),
+        step_event("step_dispatched", "other", 6_000, "host-a", attempt=1),
+        step_event("step_interrupted", "other", 6_500, "host-a", 1, reason="agent stopping"),
+    ]
+
+    found = attempts(history)
+
+    assert [a.as_dict() for a in found["hash"]] == [
+        {
+            "attempt": 1,
+            "host": "host-a",
+            "dispatched_ms": 1_000,
+            "started_ms": 1_100,
+            "finished_ms": 2_000,
+            "outcome": "failed",
+            "error": "timeout",
+            "message": "late",
+        },
+        {
+            "attempt": 2,
+            "host": "host-b",
+            "dispatched_ms": 4_000,
+            "started_ms": 0,
+            "finished_ms": 5_000,
+            "outcome": "succeeded",
+            "error": "",
+            "message": "",
+        },
+    ]
+    assert found["other"][0].outcome == "interrupted"
+    assert found["other"][0].message == "agent stopping"

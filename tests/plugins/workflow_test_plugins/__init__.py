@@ -6,6 +6,10 @@ rolled back, or was recognised as already done.
     run <run> <step> <attempt>        run() started
     done <run> <step> <attempt>       run() finished its work
     rollback <run> <step> <attempt>   rollback() ran
+
+`test.log`: logs from its worker thread with a plain structlog logger (no
+context bound by the plugin) and through the step's logger, each line with a
+field named like a secret, so that tests can read what reaches the logs.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import time
 from pathlib import Path
 
+import structlog
 from pydantic import BaseModel, ConfigDict
 
 from workflowd.errors import TaskError
@@ -132,3 +137,19 @@ class AwaitConfig(Task):
             if changed is not None:
                 seen.append(changed.get(params.key))
         return {"seen": seen}
+
+
+class LogParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    secret: str
+
+
+class Log(Task):
+    name = "test.log"
+    description = "Logs a line with a plain structlog logger and one through ctx.log."
+    Params = LogParams
+
+    def run(self, ctx: StepContext, params: LogParams) -> dict:
+        structlog.get_logger().info("test_log_plain", api_token=params.secret)
+        ctx.log.info("test_log_step", password=params.secret)
+        return {}
