@@ -276,7 +276,7 @@ def config() -> None:
 
 
 @config.command(name="set")
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=_complete_run)
 @click.argument("assignment", metavar="KEY=VALUE")
 @click.pass_obj
 def config_set(client: Client, run_id: str, assignment: str) -> None:
@@ -289,12 +289,12 @@ def config_set(client: Client, run_id: str, assignment: str) -> None:
     click.echo(response.config_json)
 
 
-@main.command()
-@click.argument("run_id")
+@main.command(name="signal")
+@click.argument("run_id", shell_complete=_complete_run)
 @click.argument("name")
 @click.argument("payload", required=False, default="")
 @click.pass_obj
-def signal(client: Client, run_id: str, name: str, payload: str) -> None:
+def send_signal(client: Client, run_id: str, name: str, payload: str) -> None:
     """Send signal NAME to a run; a wait step for it goes on, with PAYLOAD as its output."""
     request = pb.SignalRequest(
         run_id=run_id, name=name, payload_json=_json_or_text(payload) if payload else ""
