@@ -103,7 +103,11 @@ class Coordinator:
     # --------------------------------------------------------------- runs
 
     async def _load(self, record: RunRecord) -> RunState:
-        workflow = definition.load(record.source, record.filename)
+        # typed by the same task schemas as at submit; parsing runs off the event loop
+        catalog = await self.catalog()
+        workflow = await asyncio.to_thread(
+            definition.load, record.source, record.filename, catalog
+        )
         state = engine.initial(record.run_id, workflow, record.inputs, record.config)
         after = 0
         while batch := await self.store.events(record.run_id, after, 5000):
@@ -134,9 +138,22 @@ class Coordinator:
     async def check(
         self, source: str, filename: str, inputs: Mapping[str, str]
     ) -> tuple[definition.Workflow, dict[str, Any]]:
-        """Everything submit checks, without storing anything."""
-        workflow = definition.load(source, filename)
+        """Everything submit checks, without storing anything.
+
+        Parsing a large or hostile document takes CPU time: it runs in a worker
+        thread so that agents' streams and other calls are served meanwhile.
+        """
         catalog = await self.catalog()
+        return await asyncio.to_thread(self._check, source, filename, inputs, catalog)
+
+    def _check(
+        self,
+        source: str,
+        filename: str,
+        inputs: Mapping[str, str],
+        catalog: Mapping[str, Mapping[str, Any]],
+    ) -> tuple[definition.Workflow, dict[str, Any]]:
+        workflow = definition.load(source, filename, catalog)
         issues = definition.check_tasks(workflow, catalog, source, filename)
         for index, step in enumerate(workflow.steps):
             if step.on.on_coordinator and step.task in catalog and step.task not in self.plugins:
