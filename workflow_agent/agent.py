@@ -13,16 +13,17 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
 import structlog
 
-from workflowd import __version__
+from workflowd import __version__, wire
 from workflowd.dispatch import AttemptKey
-from workflowd.execution import Outcome, execute
-from workflowd.grpc_options import CHANNEL_OPTIONS
+from workflowd.execution import Outcome, execute, for_wire
+from workflowd.grpc_options import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
 from workflowd.tasks import Report, StepContext, Task
@@ -42,11 +43,46 @@ def _step(key: AttemptKey, **kind: object) -> pb.AgentMessage:
     return pb.AgentMessage(step=pb.StepEvent(ref=_ref(key), **kind))
 
 
-def result_message(key: AttemptKey, outcome: Outcome) -> pb.AgentMessage:
+# Codes that say the coordinator refused this agent, not that the network failed.
+REFUSED_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    }
+)
+
+
+def result_message(
+    key: AttemptKey, outcome: Outcome, limit_bytes: int = MAX_MESSAGE_BYTES
+) -> pb.AgentMessage:
+    """The final report of an attempt, within the coordinator's message size limit.
+
+    Outputs too large (or not JSON) fail the step with a message that says so,
+    rather than break the stream, and be sent again, after every reconnect.
+    """
+    outcome, outputs_json = for_wire(outcome, limit_bytes)
     if outcome.ok:
-        completed = pb.StepCompleted(outputs_json=json.dumps(outcome.outputs), path=outcome.path)
+        completed = pb.StepCompleted(outputs_json=outputs_json, path=outcome.path)
         return _step(key, completed=completed)
     return _step(key, failed=pb.StepFailed(error=outcome.error, message=outcome.message))
+
+
+# Run and step ids name directories under the work dir: nothing that climbs out.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+def _start_problem(start: pb.StartStep) -> str:
+    """Why a step start cannot be taken as it is, or ""."""
+    if not (_SAFE_ID.match(start.ref.run_id) and _SAFE_ID.match(start.ref.step_id)):
+        return "run and step ids must be letters, digits, '-' and '_'"
+    try:
+        config = json.loads(start.config_json or "{}")
+    except (ValueError, RecursionError):
+        config = None
+    if not isinstance(config, dict):
+        return "the run's configuration is not a JSON object"
+    return ""
 
 
 class Backoff:
@@ -75,8 +111,10 @@ class Agent:
         plugins: Mapping[str, type[Task]],
         work_dir: Path,
         grace_s: float = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.coordinator = coordinator
+        self.credentials = credentials
         self.name = name
         self.labels = dict(labels)
         self.plugins = dict(plugins)
@@ -91,6 +129,10 @@ class Agent:
         self._stopping = asyncio.Event()
         self._acked = asyncio.Event()
         self.connected = asyncio.Event()
+        # plugins installed here, allowed or not: to say why a step is refused
+        self.installed: frozenset[str] = frozenset(self.plugins)
+        # the coordinator's limit, once its welcome says it
+        self.max_message_bytes = MAX_MESSAGE_BYTES
 
     # ------------------------------------------------------------ life cycle
 
@@ -102,8 +144,10 @@ class Agent:
             except Rejected as exc:
                 self.log.error("agent_rejected", reason=str(exc))
             except grpc.aio.AioRpcError as exc:
-                self.log.warning(
-                    "stream_lost",
+                # refused: a certificate, a name or a hello the coordinator will not take
+                refused = exc.code() in REFUSED_CODES
+                getattr(self.log, "error" if refused else "warning")(
+                    "agent_refused" if refused else "stream_lost",
                     code=exc.code().name,
                     details=exc.details(),
                     coordinator=self.coordinator,
@@ -163,8 +207,13 @@ class Agent:
             )
         )
 
+    def _channel(self) -> grpc.aio.Channel:
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(self.coordinator, options=CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(self.coordinator, self.credentials, options=CHANNEL_OPTIONS)
+
     async def _session(self) -> None:
-        async with grpc.aio.insecure_channel(self.coordinator, options=CHANNEL_OPTIONS) as channel:
+        async with self._channel() as channel:
             call = rpc.AgentServiceStub(channel).Connect()
             await call.write(self._hello())
             first = await call.read()
@@ -173,6 +222,7 @@ class Agent:
             if first.WhichOneof("kind") == "reject":
                 raise Rejected(first.reject.reason)
             interval_s = first.welcome.heartbeat_interval_s or 5.0
+            self._adopt_limit(first.welcome.max_message_bytes)
 
             outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
             for message in self._held.values():
@@ -206,6 +256,21 @@ class Agent:
                     task.cancel()
                 with contextlib.suppress(Exception):
                     await call.done_writing()
+
+    def _adopt_limit(self, coordinator_limit: int) -> None:
+        """Take the coordinator's message limit; held results that no longer fit fail."""
+        self.max_message_bytes = min(MAX_MESSAGE_BYTES, coordinator_limit or MAX_MESSAGE_BYTES)
+        for key, message in list(self._held.items()):
+            if message.ByteSize() > self.max_message_bytes:
+                size = message.ByteSize()
+                self.log.warning("held_result_too_large", run_id=key[0], step_id=key[1], size=size)
+                outcome = Outcome(
+                    False,
+                    error="outputs_too_large",
+                    message=f"the result of {size} bytes exceeds the coordinator's limit of "
+                    f"{self.max_message_bytes} bytes",
+                )
+                self._held[key] = result_message(key, outcome, self.max_message_bytes)
 
     async def _write(
         self, call: grpc.aio.StreamStreamCall, outbox: asyncio.Queue[pb.AgentMessage]
@@ -256,6 +321,24 @@ class Agent:
         if self._stopping.is_set():
             bound.info("step_start_refused_stopping")
             return
+        if start.task not in self.plugins:
+            # The coordinator only sends what this agent advertised; whoever
+            # sends anything else is refused, and told why, without running it.
+            outcome = self._refusal(start.task)
+            bound.warning("step_refused", error=outcome.error, reason=outcome.message)
+            self._finish(key, outcome)
+            return
+        try:
+            config = json.loads(start.config_json or "{}")
+        except (ValueError, RecursionError):
+            config = None
+        if not isinstance(config, dict):
+            bound.warning("step_start_malformed")
+            outcome = Outcome(
+                False, error="invalid_message", message="the run's config is not JSON"
+            )
+            self._finish(key, outcome)
+            return
         loop = asyncio.get_running_loop()
         scratch = self.work_dir / "scratch" / key[0] / f"{key[1]}-{key[2]}"
         ctx = StepContext(
@@ -270,28 +353,35 @@ class Agent:
         task = asyncio.create_task(self._run_step(key, start, ctx))
         self._running[key] = (task, ctx)
 
+    def _refusal(self, task: str) -> Outcome:
+        if task in self.installed:
+            allowed = ", ".join(sorted(self.plugins)) or "none"
+            return Outcome(
+                False,
+                error="task_not_allowed",
+                message=f"task {task} is installed on {self.name} but not allowed there "
+                f"(allowed: {allowed}); start the agent with --allow {task} to allow it",
+            )
+        return Outcome(
+            False, error="unknown_task", message=f"task {task} is not installed on {self.name}"
+        )
+
     def _report(self, key: AttemptKey, item: Report) -> None:
         kind, value, message = item
+        message = wire.clean_text(message)
         if kind == "progress":
-            self._send(_step(key, progress=pb.StepProgress(fraction=value, message=message)))
+            progress = pb.StepProgress(fraction=wire.fraction(value), message=message)
+            self._send(_step(key, progress=progress))
         else:
-            self._send(_step(key, log=pb.StepLog(level=value, message=message)))
+            self._send(_step(key, log=pb.StepLog(level=wire.level(value), message=message)))
 
     async def _run_step(self, key: AttemptKey, start: pb.StartStep, ctx: StepContext) -> None:
         bound = self.log.bind(run_id=key[0], step_id=key[1], attempt=key[2], task=start.task)
         self._send(_step(key, started=pb.StepStarted()))
         try:
-            plugin = self.plugins.get(start.task)
-            if plugin is None:
-                outcome = Outcome(
-                    False,
-                    error="unknown_task",
-                    message=f"task {start.task} is not installed or not allowed on {self.name}",
-                )
-            else:
-                ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
-                params = json.loads(start.params_json or "{}")
-                outcome = await execute(plugin(), ctx, params)
+            ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
+            params = json.loads(start.params_json or "{}")
+            outcome = await execute(self.plugins[start.task](), ctx, params)
         except asyncio.CancelledError:
             outcome = Outcome(False, error="cancelled", message="the step was cancelled")
         except Exception as exc:  # noqa: BLE001 - a step's crash must not take the agent down
@@ -300,6 +390,18 @@ class Agent:
         finally:
             self._running.pop(key, None)
         bound.info("step_finished", ok=outcome.ok, path=outcome.path, error=outcome.error or None)
-        message = result_message(key, outcome)
+        self._finish(key, outcome)
+
+    def _finish(self, key: AttemptKey, outcome: Outcome) -> None:
+        """Hold the result until it is acknowledged, and send it."""
+        message = result_message(key, outcome, self.max_message_bytes)
+        if message.step.WhichOneof("kind") == "failed" and outcome.ok:
+            self.log.warning(
+                "step_result_refused",
+                run_id=key[0],
+                step_id=key[1],
+                error=message.step.failed.error,
+                reason=message.step.failed.message,
+            )
         self._held[key] = message
         self._send(message)

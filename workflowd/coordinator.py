@@ -18,11 +18,12 @@ from typing import Any
 
 import structlog
 
-from workflowd import definition, engine
+from workflowd import definition, engine, wire
 from workflowd.dispatch import AgentRegistry, AgentSession, AttemptKey
 from workflowd.engine import COORDINATOR, Event, RunState
 from workflowd.errors import DefinitionError, Issue, UnknownRunError
-from workflowd.execution import execute
+from workflowd.execution import Outcome, execute, for_wire
+from workflowd.grpc_options import MAX_MESSAGE_BYTES
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.store.base import AgentRecord, RunRecord, Store, new_run_id
 from workflowd.tasks import Report, StepContext, Task
@@ -63,6 +64,8 @@ class Coordinator:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._local: dict[AttemptKey, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # the largest message the server sends and receives; results must fit
+        self.max_message_bytes = MAX_MESSAGE_BYTES
 
     # ------------------------------------------------------------ life cycle
 
@@ -245,18 +248,32 @@ class Coordinator:
             # whether it has the attempt, and reconciliation reruns it if not.
             log.warning("dispatch_target_gone", run_id=run_id, step_id=event.step_id)
             return
-        session.running.add(key)
         state = self._states[run_id]
-        session.send(
-            pb.CoordinatorMessage(
-                start=pb.StartStep(
-                    ref=pb.AttemptRef(run_id=run_id, step_id=event.step_id, attempt=event.attempt),
-                    task=task_name,
-                    params_json=json.dumps(params),
-                    config_json=json.dumps(dict(state.config)),
-                )
+        message = pb.CoordinatorMessage(
+            start=pb.StartStep(
+                ref=pb.AttemptRef(run_id=run_id, step_id=event.step_id, attempt=event.attempt),
+                task=task_name,
+                params_json=json.dumps(params),
+                config_json=json.dumps(dict(state.config)),
             )
         )
+        if (size := message.ByteSize()) > self.max_message_bytes:
+            # sent, it would break the agent's stream, and be sent again on reconnect
+            failed = Event(
+                engine.STEP_FAILED,
+                event.step_id,
+                event.attempt,
+                event.agent,
+                {
+                    "error": "params_too_large",
+                    "message": f"the step's parameters and configuration take {size} bytes, "
+                    f"more than the limit of {self.max_message_bytes} bytes",
+                },
+            )
+            self._spawn(self.report(event.agent, run_id, failed))
+            return
+        session.running.add(key)
+        session.send(message)
 
     # ------------------------------------------------------- step reports
 
@@ -268,7 +285,17 @@ class Coordinator:
         state = self._states.get(run_id)
         if state is None:
             # a finished or unknown run: nothing to change, whatever it says
-            return engine.STALE if await self.store.get_run(run_id) else engine.FOREIGN
+            verdict = engine.STALE if await self.store.get_run(run_id) else engine.FOREIGN
+            getattr(log, "debug" if verdict == engine.STALE else "warning")(
+                "report_rejected",
+                verdict=verdict,
+                run_id=run_id[:100],
+                step_id=event.step_id[:100],
+                attempt=event.attempt,
+                agent=agent,
+                type=event.type,
+            )
+            return verdict
         async with self._locks[run_id]:
             state = self._states.get(run_id)
             if state is None:
@@ -328,6 +355,7 @@ class Coordinator:
             # reports from worker threads were queued before execute returned
             queue.put_nowait(None)
             await forwarder
+            outcome = _storable(outcome, self.max_message_bytes)
             await self.report(COORDINATOR, run_id, outcome_event(key, COORDINATOR, outcome))
         finally:
             forwarder.cancel()
@@ -383,18 +411,29 @@ class Coordinator:
             log.info("agent_disconnected", agent=session.name)
 
 
+def _storable(outcome: Outcome, limit_bytes: int) -> Outcome:
+    """A local step's outcome held to the rules of the wire: it is read through it."""
+    checked, text = for_wire(outcome, limit_bytes)
+    return Outcome(checked.ok, json.loads(text), checked.path, checked.error, checked.message)
+
+
 def _report_event(key: AttemptKey, kind: str, value: Any, message: str) -> Event:
     _, step_id, attempt = key
+    message = wire.clean_text(message)
     if kind == "progress":
         return Event(
             engine.STEP_PROGRESS,
             step_id,
             attempt,
             COORDINATOR,
-            {"fraction": value, "message": message},
+            {"fraction": wire.fraction(value), "message": message},
         )
     return Event(
-        engine.STEP_LOG, step_id, attempt, COORDINATOR, {"level": value, "message": message}
+        engine.STEP_LOG,
+        step_id,
+        attempt,
+        COORDINATOR,
+        {"level": wire.level(value), "message": message},
     )
 
 

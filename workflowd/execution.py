@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from workflowd import wire
 from workflowd.errors import TaskError
 from workflowd.tasks import Cancelled, StepContext, Task
 
@@ -95,3 +96,23 @@ def _details(exc: TaskError) -> dict[str, Any]:
     except (TypeError, ValueError):
         return {}
     return {"details": exc.details}
+
+
+def for_wire(outcome: Outcome, limit_bytes: int) -> tuple[Outcome, str]:
+    """The outcome as it may be reported, and its outputs as JSON text.
+
+    Outputs that are too large, too deep or not JSON turn a success into a
+    failure that says so; text is made valid UTF-8 and clipped.
+    """
+    limit_bytes -= wire.ENVELOPE_BYTES
+    message = wire.clean_text(outcome.message)
+    error = wire.clean_text(outcome.error, 100)
+    try:
+        text = wire.encode_outputs(outcome.outputs, limit_bytes)
+    except wire.WireError as exc:
+        if not outcome.ok:  # a failure keeps its reason; its details are dropped
+            return Outcome(False, path=outcome.path, error=error, message=message), "{}"
+        code = exc.code if exc.code != wire.WireError.code else "outputs_invalid"
+        return Outcome(False, path=outcome.path, error=code, message=str(exc)), "{}"
+    cleaned = Outcome(outcome.ok, outcome.outputs, outcome.path, error, message)
+    return cleaned, text

@@ -8,24 +8,35 @@ import json
 from collections.abc import AsyncIterator
 
 import grpc
+import jsonschema
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from workflowd import __version__, engine
+from workflowd import __version__, engine, wire
 from workflowd.coordinator import Coordinator
 from workflowd.dispatch import AgentSession
 from workflowd.engine import Event, RunState
 from workflowd.errors import DefinitionError, Issue, UnknownRunError
-from workflowd.grpc_options import SERVER_OPTIONS
+from workflowd.grpc_options import MAX_MESSAGE_BYTES, server_options
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
+from workflowd.security import AccessPolicy, ControlAuthInterceptor
 
 log = structlog.get_logger()
 
 HELLO_TIMEOUT_S = 10.0
 HEARTBEAT_INTERVAL_S = 5.0
 TAIL_BATCH = 500
+
+# What a hello may hold; anything beyond is refused with the reason.
+MAX_NAME_CHARS = 200
+MAX_LABELS = 64
+MAX_PLUGINS = 256
+MAX_ATTEMPT_REFS = 10_000
+# Rejected reports logged per stream before only every REJECTS_LOG_EVERY-th is.
+REJECTS_LOGGED = 20
+REJECTS_LOG_EVERY = 1000
 
 
 def _issue_pb(issue: Issue) -> pb.DefinitionIssue:
@@ -52,36 +63,82 @@ def event_pb(run_id: str, event: Event) -> pb.Event:
 
 
 def step_event(ref: pb.AttemptRef, agent: str, message: pb.StepEvent) -> Event:
-    """Translate an agent's step report into a history event."""
+    """Translate an agent's step report into a history event.
+
+    Raises WireError for a report that cannot be taken as it is; text is made
+    valid and clipped, numbers made finite.
+    """
     kind = message.WhichOneof("kind")
     base = (ref.step_id, ref.attempt, agent)
     if kind == "started":
         return Event(engine.STEP_STARTED, *base)
     if kind == "progress":
-        data = {"fraction": message.progress.fraction, "message": message.progress.message}
+        data = {
+            "fraction": wire.fraction(message.progress.fraction),
+            "message": wire.clean_text(message.progress.message),
+        }
         return Event(engine.STEP_PROGRESS, *base, data)
     if kind == "log":
-        return Event(
-            engine.STEP_LOG, *base, {"level": message.log.level, "message": message.log.message}
-        )
+        data = {
+            "level": wire.level(message.log.level),
+            "message": wire.clean_text(message.log.message),
+        }
+        return Event(engine.STEP_LOG, *base, data)
     if kind == "completed":
-        outputs = json.loads(message.completed.outputs_json or "{}")
-        if not isinstance(outputs, dict):
-            raise ValueError("outputs_json is not a JSON object")
-        return Event(
-            engine.STEP_SUCCEEDED, *base, {"outputs": outputs, "path": message.completed.path}
-        )
+        outputs = wire.decode_outputs(message.completed.outputs_json)
+        path = message.completed.path if message.completed.path in ("check", "run") else "run"
+        return Event(engine.STEP_SUCCEEDED, *base, {"outputs": outputs, "path": path})
     if kind == "failed":
-        data = {"error": message.failed.error, "message": message.failed.message}
+        data = {
+            "error": wire.clean_text(message.failed.error, 100),
+            "message": wire.clean_text(message.failed.message),
+        }
         return Event(engine.STEP_FAILED, *base, data)
-    raise ValueError(f"step event without a kind: {kind!r}")
+    raise wire.WireError("a step event without a kind")
+
+
+def hello_problem(hello: pb.Hello) -> str | None:
+    """What makes a hello unacceptable, or None."""
+    name = hello.name
+    if not name or len(name) > MAX_NAME_CHARS or not name.isprintable() or name != name.strip():
+        return f"an agent name has 1 to {MAX_NAME_CHARS} printable characters"
+    if name == engine.COORDINATOR:
+        return f"{engine.COORDINATOR!r} is reserved for the coordinator's own steps"
+    if len(hello.labels) > MAX_LABELS or any(
+        len(k) > MAX_NAME_CHARS or len(v) > MAX_NAME_CHARS for k, v in hello.labels.items()
+    ):
+        return f"at most {MAX_LABELS} labels, each key and value of {MAX_NAME_CHARS} characters"
+    if len(hello.plugins) > MAX_PLUGINS:
+        return f"at most {MAX_PLUGINS} plugins"
+    if len(hello.running) + len(hello.held) > MAX_ATTEMPT_REFS:
+        return f"at most {MAX_ATTEMPT_REFS} running and held attempts"
+    for plugin in hello.plugins:
+        if not plugin.name or len(plugin.name) > MAX_NAME_CHARS:
+            return "a plugin without a proper name"
+        try:
+            schema = json.loads(plugin.params_schema_json or "{}")
+            if not isinstance(schema, dict):
+                raise ValueError("not an object")
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except (ValueError, RecursionError, jsonschema.SchemaError) as exc:
+            first_line = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            return f"plugin {plugin.name}: the parameter schema is not a JSON Schema: {first_line}"
+    return None
 
 
 class AgentService(rpc.AgentServiceServicer):
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        policy: AccessPolicy | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
         self.coordinator = coordinator
+        self.policy = policy or AccessPolicy()
+        self.max_message_bytes = max_message_bytes
 
-    async def Connect(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+    async def _hello(self, context: grpc.aio.ServicerContext) -> pb.Hello:
+        """The stream's hello, once its name, credentials and contents are accepted."""
         try:
             first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT_S)
         except TimeoutError:
@@ -91,6 +148,23 @@ class AgentService(rpc.AgentServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a hello with a name"
             )
         hello = first.hello
+        refusal = self.policy.agent_refusal(context, hello.name)
+        if refusal is None and (problem := hello_problem(hello)) is not None:
+            refusal = grpc.StatusCode.INVALID_ARGUMENT, problem
+        if refusal is not None:
+            code, reason = refusal
+            log.warning(
+                "agent_refused",
+                agent=wire.clean_text(hello.name, MAX_NAME_CHARS),
+                peer=context.peer(),
+                code=code.name,
+                reason=reason,
+            )
+            await context.abort(code, reason)
+        return hello
+
+    async def Connect(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        hello = await self._hello(context)
         session = AgentSession(
             name=hello.name,
             labels=dict(hello.labels),
@@ -102,7 +176,9 @@ class AgentService(rpc.AgentServiceServicer):
         await context.write(
             pb.CoordinatorMessage(
                 welcome=pb.Welcome(
-                    coordinator_version=__version__, heartbeat_interval_s=HEARTBEAT_INTERVAL_S
+                    coordinator_version=__version__,
+                    heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+                    max_message_bytes=self.max_message_bytes,
                 )
             )
         )
@@ -132,21 +208,36 @@ class AgentService(rpc.AgentServiceServicer):
         while (message := await session.outbox.get()) is not None:
             await context.write(message)
 
+    def _rejected(self, session: AgentSession, event: str, **fields: object) -> None:
+        """Log a message the coordinator refused, without letting a flood flood the log."""
+        session.rejected += 1
+        if session.rejected <= REJECTS_LOGGED or session.rejected % REJECTS_LOG_EVERY == 0:
+            log.warning(event, agent=session.name, rejected=session.rejected, **fields)
+
     async def _handle(self, session: AgentSession, message: pb.AgentMessage) -> None:
         session.last_seen = asyncio.get_running_loop().time()
         kind = message.WhichOneof("kind")
         if kind == "heartbeat":
             return
         if kind != "step":
-            log.warning("agent_message_unexpected", agent=session.name, kind=kind)
+            self._rejected(session, "agent_message_unexpected", kind=kind)
             return
         ref = message.step.ref
         try:
             event = step_event(ref, session.name, message.step)
-        except ValueError as exc:
-            log.warning("agent_message_malformed", agent=session.name, error=str(exc))
+        except wire.WireError as exc:
+            self._rejected(
+                session,
+                "agent_message_malformed",
+                run_id=wire.clean_text(ref.run_id, 100),
+                step_id=wire.clean_text(ref.step_id, 100),
+                attempt=ref.attempt,
+                error=str(exc),
+            )
             return
         verdict = await self.coordinator.report(session.name, ref.run_id, event)
+        if verdict == engine.FOREIGN:
+            session.rejected += 1
         if event.type in (engine.STEP_SUCCEEDED, engine.STEP_FAILED) and verdict != engine.FOREIGN:
             session.send(pb.CoordinatorMessage(ack=pb.ResultAck(ref=ref)))
 
@@ -294,9 +385,19 @@ class ControlService(rpc.ControlServiceServicer):
         return pb.ListAgentsResponse(agents=agents)
 
 
-def build_server(coordinator: Coordinator) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    rpc.add_AgentServiceServicer_to_server(AgentService(coordinator), server)
+def build_server(
+    coordinator: Coordinator,
+    policy: AccessPolicy | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    policy = policy or AccessPolicy()
+    server = grpc.aio.server(
+        options=server_options(max_message_bytes),
+        interceptors=[ControlAuthInterceptor(policy)],
+    )
+    rpc.add_AgentServiceServicer_to_server(
+        AgentService(coordinator, policy, max_message_bytes), server
+    )
     rpc.add_ControlServiceServicer_to_server(ControlService(coordinator), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
