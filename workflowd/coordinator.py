@@ -281,37 +281,20 @@ class Coordinator:
         """Apply a report about a step attempt from an agent (or a local step).
 
         Returns the engine's verdict; the result is stored when it is "accept".
+        Anything else changes nothing: a report about a run that does not exist,
+        or about an attempt that was never given to `agent`, is "foreign".
         """
         state = self._states.get(run_id)
         if state is None:
             # a finished or unknown run: nothing to change, whatever it says
-            verdict = engine.STALE if await self.store.get_run(run_id) else engine.FOREIGN
-            getattr(log, "debug" if verdict == engine.STALE else "warning")(
-                "report_rejected",
-                verdict=verdict,
-                run_id=run_id[:100],
-                step_id=event.step_id[:100],
-                attempt=event.attempt,
-                agent=agent,
-                type=event.type,
-            )
-            return verdict
+            return engine.STALE if await self.store.get_run(run_id) else engine.FOREIGN
         async with self._locks[run_id]:
             state = self._states.get(run_id)
             if state is None:
                 return engine.STALE
             verdict = engine.judge(state, agent, event.step_id, event.attempt)
             if verdict != engine.ACCEPT:
-                level = "debug" if verdict == engine.DUPLICATE else "warning"
-                getattr(log, level)(
-                    "report_rejected",
-                    verdict=verdict,
-                    run_id=run_id,
-                    step_id=event.step_id,
-                    attempt=event.attempt,
-                    agent=agent,
-                    type=event.type,
-                )
+                # the caller logs it: it knows whether a flood is under way
                 return verdict
             if event.type == engine.STEP_STARTED and state.step(event.step_id).status != (
                 engine.DISPATCHED

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import jsonschema
 import structlog
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -34,8 +35,8 @@ MAX_NAME_CHARS = 200
 MAX_LABELS = 64
 MAX_PLUGINS = 256
 MAX_ATTEMPT_REFS = 10_000
-# Rejected reports logged per stream before only every REJECTS_LOG_EVERY-th is.
-REJECTS_LOGGED = 20
+# Rejected messages logged per stream before only every REJECTS_LOG_EVERY-th is.
+REJECTS_LOGGED = 100
 REJECTS_LOG_EVERY = 1000
 
 
@@ -190,11 +191,20 @@ class AgentService(rpc.AgentServiceServicer):
                 if writer in done:
                     reader.cancel()
                     break
-                message = reader.result()
+                try:
+                    message = reader.result()
+                except DecodeError:
+                    # not a message at all: the stream cannot be trusted to carry more
+                    self._rejected(session, "agent_message_undecodable")
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, "a message could not be decoded"
+                    )
                 if message is grpc.aio.EOF:
                     break
                 await self._handle(session, message)
         except asyncio.CancelledError:
+            raise
+        except grpc.aio.AbortError:
             raise
         except Exception:  # noqa: BLE001 - one agent's broken stream must not stop the daemon
             bound.exception("agent_stream_failed")
@@ -223,21 +233,22 @@ class AgentService(rpc.AgentServiceServicer):
             self._rejected(session, "agent_message_unexpected", kind=kind)
             return
         ref = message.step.ref
+        where = {
+            "run_id": wire.clean_text(ref.run_id, 100),
+            "step_id": wire.clean_text(ref.step_id, 100),
+            "attempt": ref.attempt,
+        }
         try:
             event = step_event(ref, session.name, message.step)
         except wire.WireError as exc:
-            self._rejected(
-                session,
-                "agent_message_malformed",
-                run_id=wire.clean_text(ref.run_id, 100),
-                step_id=wire.clean_text(ref.step_id, 100),
-                attempt=ref.attempt,
-                error=str(exc),
-            )
+            self._rejected(session, "agent_message_malformed", **where, error=str(exc))
             return
         verdict = await self.coordinator.report(session.name, ref.run_id, event)
         if verdict == engine.FOREIGN:
-            session.rejected += 1
+            # about a run or attempt never given to this agent: a forgery or a bug
+            self._rejected(session, "report_rejected", **where, verdict=verdict, type=event.type)
+        elif verdict != engine.ACCEPT:
+            log.debug("report_ignored", agent=session.name, **where, verdict=verdict)
         if event.type in (engine.STEP_SUCCEEDED, engine.STEP_FAILED) and verdict != engine.FOREIGN:
             session.send(pb.CoordinatorMessage(ack=pb.ResultAck(ref=ref)))
 
