@@ -74,7 +74,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 def _start_problem(start: pb.StartStep) -> str:
     """Why a step start cannot be taken as it is, or ""."""
-    if not (_SAFE_ID.match(start.ref.run_id) and _SAFE_ID.match(start.ref.step_id)):
+    if not (_SAFE_ID.fullmatch(start.ref.run_id) and _SAFE_ID.fullmatch(start.ref.step_id)):
         return "run and step ids must be letters, digits, '-' and '_'"
     try:
         config = json.loads(start.config_json or "{}")
@@ -328,16 +328,10 @@ class Agent:
             bound.warning("step_refused", error=outcome.error, reason=outcome.message)
             self._finish(key, outcome)
             return
-        try:
-            config = json.loads(start.config_json or "{}")
-        except (ValueError, RecursionError):
-            config = None
-        if not isinstance(config, dict):
-            bound.warning("step_start_malformed")
-            outcome = Outcome(
-                False, error="invalid_message", message="the run's config is not JSON"
-            )
-            self._finish(key, outcome)
+        problem = _start_problem(start)
+        if problem:
+            bound.warning("step_start_malformed", reason=problem)
+            self._finish(key, Outcome(False, error="invalid_message", message=problem))
             return
         loop = asyncio.get_running_loop()
         scratch = self.work_dir / "scratch" / key[0] / f"{key[1]}-{key[2]}"

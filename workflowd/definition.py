@@ -460,7 +460,18 @@ def _inspect(root: yaml.Node, filename: str) -> None:
     visit(root, 0)
 
 
-def _check_duplicates(node: yaml.Node, issues: list[Issue], filename: str, path: tuple) -> None:
+def _check_duplicates(
+    node: yaml.Node,
+    issues: list[Issue],
+    filename: str,
+    path: tuple,
+    checked: set[int] | None = None,
+) -> None:
+    """Report keys given twice in a mapping; each node is checked once, aliases or not."""
+    checked = set() if checked is None else checked
+    if id(node) in checked:
+        return
+    checked.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
         for key_node, value_node in node.value:
@@ -476,10 +487,10 @@ def _check_duplicates(node: yaml.Node, issues: list[Issue], filename: str, path:
                     )
                 )
             seen.add(key)
-            _check_duplicates(value_node, issues, filename, (*path, key))
+            _check_duplicates(value_node, issues, filename, (*path, key), checked)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _check_duplicates(item, issues, filename, (*path, index))
+            _check_duplicates(item, issues, filename, (*path, index), checked)
 
 
 # -- what the schema says a place holds
@@ -642,6 +653,7 @@ class _Builder:
         self.filename = filename
         self.schemas = schemas or {}
         self.positions: Positions = {}
+        self.built: dict[tuple[int, int], Any] = {}
 
     def error(self, node: yaml.Node, path: tuple, message: str) -> DefinitionError:
         line, column = _mark(node)
@@ -654,16 +666,24 @@ class _Builder:
         self.positions[path] = _mark(node)
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node, hint, path)
+        # A collection reached again through an alias, in a place of the same
+        # schema, is the same value: build it once (as PyYAML does).
+        key = (id(node), id(hint.schema) if hint else 0)
+        if key in self.built:
+            return self.built[key]
         if isinstance(node, yaml.SequenceNode):
-            return [
+            value: Any = [
                 self.value(item, hint.item(index) if hint else None, (*path, index))
                 for index, item in enumerate(node.value)
             ]
-        pairs = self.pairs(node, path)
-        return {
-            key: self.value(child, self.child(hint, key, path, pairs), (*path, key))
-            for key, child in pairs.items()
-        }
+        else:
+            pairs = self.pairs(node, path)
+            value = {
+                key: self.value(child, self.child(hint, key, path, pairs), (*path, key))
+                for key, child in pairs.items()
+            }
+        self.built[key] = value
+        return value
 
     def pairs(self, node: yaml.MappingNode, path: tuple) -> dict[str, yaml.Node]:
         """Key text to value node, `<<` merges applied: the mapping's own keys win."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from workflowd.errors import WorkflowError
@@ -25,6 +26,9 @@ MAX_NESTING = 64
 ENVELOPE_BYTES = 4096
 
 LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
+
+_ESCAPED = re.compile("[\udc80-\udcff]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class WireError(WorkflowError):
@@ -43,8 +47,12 @@ def clean_text(text: str, limit: int | None = MAX_TEXT_CHARS) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        # surrogatepass turns each lone surrogate into bytes that decode as U+FFFD
-        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        # bytes that surrogateescape kept go back to bytes, decoded as UTF-8 decodes
+        # anything invalid: one U+FFFD per bad byte; any other lone surrogate is one U+FFFD
+        text = _ESCAPED.sub(
+            lambda m: bytes(ord(c) - 0xDC00 for c in m.group()).decode("utf-8", "replace"), text
+        )
+        text = _SURROGATE.sub("\ufffd", text)
     if limit is not None and len(text) > limit:
         dropped = len(text) - limit
         text = text[:limit] + f"… [{dropped} characters dropped]"

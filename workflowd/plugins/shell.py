@@ -105,13 +105,12 @@ class ShellRun(Task):
         try:
             await asyncio.wait_for(done, params.timeout_s)
         except TimeoutError:
-            _kill(process)
-            await process.wait()
             raise TaskError(f"command timed out after {params.timeout_s:g}s") from None
         finally:
-            # cancelled, timed out or done: leave nothing running behind the step
+            # cancelled or timed out: leave nothing running, nor unreaped, behind the step
             if process.returncode is None:
                 _kill(process)
+                await process.wait()
 
         outputs = ShellOutputs(
             exit_code=process.returncode, stdout=stdout.text(), stderr=stderr.text()
