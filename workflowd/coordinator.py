@@ -107,6 +107,8 @@ class Coordinator:
 
     async def _load(self, record: RunRecord) -> RunState:
         # typed by the same task schemas as at submit; parsing runs off the event loop
+        # TODO: store the typed parameters with the run, so that a task schema that
+        # changed since the submit cannot retype a plain scalar on recovery.
         catalog = await self.catalog()
         workflow = await asyncio.to_thread(
             definition.load, record.source, record.filename, catalog

@@ -50,6 +50,9 @@ def read_file(path: Path, what: str) -> bytes:
 
 def server_credentials(cert: Path, key: Path, client_ca: Path) -> grpc.ServerCredentials:
     """TLS that requires every client to present a certificate from `client_ca`."""
+    # TODO: gRPC Python can require client certificates or not ask for them, not ask
+    # and accept either; an operator with a token but no certificate would need a
+    # second listener for the control API, served with server-only TLS.
     return grpc.ssl_server_credentials(
         [(read_file(key, "TLS key"), read_file(cert, "TLS certificate"))],
         root_certificates=read_file(client_ca, "client CA"),

@@ -301,6 +301,8 @@ class ControlService(rpc.ControlServiceServicer):
         if record is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(UnknownRunError(request.run_id)))
         state = await self.coordinator.run_state(request.run_id)
+        # TODO: each step's outputs fit a message, but many large ones together may not;
+        # clip or page outputs here before a run outgrows what GetRun can send.
         steps = []
         for step in state.workflow.steps:
             current = state.step(step.id)
