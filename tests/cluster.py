@@ -25,9 +25,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from workflowd import certs
+from workflowd.credentials import bearer_metadata, channel_credentials
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
-from workflowd.security import bearer_metadata, channel_credentials
 
 # variables through which a test's own environment could change what a process does
 _CREDENTIAL_VARIABLES = (

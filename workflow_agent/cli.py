@@ -15,8 +15,8 @@ import uvloop
 
 from workflow_agent.agent import Agent
 from workflowd import DEFAULT_ADDRESS, __version__, logs
+from workflowd.credentials import channel_credentials
 from workflowd.errors import WorkflowError
-from workflowd.security import channel_credentials
 from workflowd.tasks import SAFE_PLUGINS, installed_plugins, load_plugins
 
 log = structlog.get_logger()

@@ -15,13 +15,13 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
-from workflowd import DEFAULT_ADDRESS, certs, events
+from workflowd import DEFAULT_ADDRESS, events
+from workflowd.credentials import bearer_metadata, channel_credentials
 from workflowd.errors import WorkflowError
 from workflowd.grpc_options import CHANNEL_OPTIONS
 from workflowd.render import LivePrinter, PlainPrinter, summarize_outputs
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
-from workflowd.security import bearer_metadata, channel_credentials
 
 # exit codes
 OK, RUN_FAILED, USAGE, NOT_FOUND, UNREACHABLE, DENIED = 0, 1, 2, 3, 4, 5
@@ -440,13 +440,19 @@ def certs_group() -> None:
     """
 
 
+# the certs commands load cryptography when they run, not when workflowctl starts
+CA_DAYS, LEAF_DAYS, ROLES = 3650, 397, ("coordinator", "agent", "operator")
+
+
 @certs_group.command(name="init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--name", default="workflow CA", show_default=True, help="The CA's common name.")
-@click.option("--days", default=certs.CA_DAYS, show_default=True, type=click.IntRange(1))
+@click.option("--days", default=CA_DAYS, show_default=True, type=click.IntRange(1))
 @click.option("--force", is_flag=True, help="Replace an existing CA.")
 def certs_init(directory: Path, name: str, days: int, force: bool) -> None:
     """Create a CA in DIRECTORY: ca.pem (give it to every host) and ca.key (keep it safe)."""
+    from workflowd import certs
+
     try:
         cert, key = certs.create_ca(directory, name, days, force)
     except WorkflowError as exc:
@@ -456,11 +462,11 @@ def certs_init(directory: Path, name: str, days: int, force: bool) -> None:
 
 @certs_group.command(name="issue")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("role", type=click.Choice(certs.ROLES))
+@click.argument("role", type=click.Choice(ROLES))
 @click.argument("name")
 @click.option("--dns", multiple=True, help="DNS name clients dial (coordinator), repeatable.")
 @click.option("--ip", multiple=True, help="IP address clients dial (coordinator), repeatable.")
-@click.option("--days", default=certs.LEAF_DAYS, show_default=True, type=click.IntRange(1))
+@click.option("--days", default=LEAF_DAYS, show_default=True, type=click.IntRange(1))
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -482,6 +488,8 @@ def certs_issue(
     An agent's NAME is its --name; a coordinator's certificate names the
     addresses clients dial (localhost, 127.0.0.1 and ::1 by default).
     """
+    from workflowd import certs
+
     prefix = out or directory / f"{role}-{name.replace('/', '_')}"
     try:
         cert, key = certs.issue(directory, role, name, prefix, dns, ip, days, force)

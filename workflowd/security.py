@@ -23,29 +23,33 @@ import grpc
 import structlog
 
 from workflowd.certs import ROLE_AGENT, ROLE_OPERATOR, Identity, identity_from_pem
-from workflowd.errors import WorkflowError
+from workflowd.credentials import (
+    TOKEN_METADATA,
+    TOKEN_SCHEME,
+    SecurityError,
+    bearer_metadata,
+    channel_credentials,
+    read_file,
+)
+
+__all__ = [
+    "AccessPolicy",
+    "ControlAuthInterceptor",
+    "SecurityError",
+    "Tokens",
+    "bearer_metadata",
+    "channel_credentials",
+    "server_credentials",
+]
 
 log = structlog.get_logger()
 
-TOKEN_METADATA = "authorization"  # noqa: S105 - a header name, not a secret
-TOKEN_SCHEME = "Bearer "  # noqa: S105 - the scheme word, not a secret
 MIN_TOKEN_CHARS = 16
 # Services any peer may call: liveness probes carry no data.
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)
 AGENT_SERVICE = "/workflow.v1.AgentService/"
 
 Refusal = tuple[grpc.StatusCode, str]
-
-
-class SecurityError(WorkflowError):
-    code = "security_error"
-
-
-def read_file(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise SecurityError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
 
 
 def server_credentials(cert: Path, key: Path, client_ca: Path) -> grpc.ServerCredentials:
@@ -58,23 +62,6 @@ def server_credentials(cert: Path, key: Path, client_ca: Path) -> grpc.ServerCre
         root_certificates=read_file(client_ca, "client CA"),
         require_client_auth=True,
     )
-
-
-def channel_credentials(
-    ca: Path | None, cert: Path | None = None, key: Path | None = None
-) -> grpc.ChannelCredentials:
-    """TLS that trusts `ca` (the system's roots when None), presenting `cert` when given."""
-    if (cert is None) != (key is None):
-        raise SecurityError("a client certificate needs its key, and a key its certificate")
-    return grpc.ssl_channel_credentials(
-        root_certificates=read_file(ca, "CA certificate") if ca else None,
-        private_key=read_file(key, "TLS key") if key else None,
-        certificate_chain=read_file(cert, "TLS certificate") if cert else None,
-    )
-
-
-def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    return ((TOKEN_METADATA, TOKEN_SCHEME + token),) if token else ()
 
 
 class Tokens:

@@ -10,9 +10,9 @@ import grpc
 import pytest
 
 from tests.cluster import BIN, Cluster, Pki, free_port, wait_for
+from workflowd.credentials import channel_credentials
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
-from workflowd.security import channel_credentials
 
 pytestmark = pytest.mark.e2e
 

@@ -66,3 +66,10 @@ def test_issuing_without_a_ca_says_so(tmp_path: Path) -> None:
     """Issuing from a directory without a CA is a clear error."""
     with pytest.raises(certs.CertificateError, match="cannot read the CA"):
         certs.issue(tmp_path, "agent", "a", tmp_path / "a")
+
+
+def test_workflowctl_offers_what_the_ca_knows() -> None:
+    """workflowctl's certs commands, which load the CA code lazily, agree with it."""
+    from workflowd import ctl
+
+    assert (ctl.ROLES, ctl.CA_DAYS, ctl.LEAF_DAYS) == (certs.ROLES, certs.CA_DAYS, certs.LEAF_DAYS)

@@ -23,6 +23,9 @@ SCHEMAS = {name: cls.params_schema() for name, cls in load_plugins().items()}
 # Refusing a hostile document must cost next to nothing; the slowest here
 # take milliseconds, the limit leaves room for a loaded machine.
 QUICK_S = 1.0
+# The generated cases are large documents read to the place where they cross a
+# limit (a megabyte, a thousand steps, 50,000 values): tenths of a second.
+LARGE_S = 5.0
 
 
 def refusal(text: str, filename: str) -> list[Issue]:
@@ -104,7 +107,7 @@ def test_generated_hostile_definition_is_refused_quickly(case: str) -> None:
     issues = refusal(text, filename)
     elapsed_s = time.perf_counter() - started
 
-    assert elapsed_s < QUICK_S
+    assert elapsed_s < LARGE_S
     assert expected in str(issues[0])
 
 
