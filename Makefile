@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo examples test lint format proto bench clean
+.PHONY: install demo examples test lint format proto certs bench clean
 
 $(BIN)/workflowd: setup.cfg pyproject.toml tests/plugins/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ format: install
 proto: install  ## regenerate workflowd/rpc from proto/
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. \
 		--grpc_python_out=. proto/workflowd/rpc/workflow.proto
+
+CERTS ?= certs
+certs: install  ## a CA, a coordinator on localhost, agents host-a and host-b, an operator, in $(CERTS)/
+	$(BIN)/workflowctl certs init $(CERTS)
+	$(BIN)/workflowctl certs issue $(CERTS) coordinator localhost
+	$(BIN)/workflowctl certs issue $(CERTS) agent host-a
+	$(BIN)/workflowctl certs issue $(CERTS) agent host-b
+	$(BIN)/workflowctl certs issue $(CERTS) operator operator
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

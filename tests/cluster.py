@@ -2,7 +2,9 @@
 
 Every process is started as a user would start it, through its console
 script, with its own state on disk; waiting is done by polling a condition
-under a deadline, never by sleeping a guessed time.
+under a deadline, never by sleeping a guessed time. A cluster made with a
+`Pki` serves TLS: the coordinator, each agent and workflowctl get
+certificates from its CA; one made with a `token` requires it of workflowctl.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,28 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from workflowd import certs
+from workflowd.credentials import bearer_metadata, channel_credentials
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
+
+# variables through which a test's own environment could change what a process does
+_CREDENTIAL_VARIABLES = (
+    "WORKFLOW_TLS_CA",
+    "WORKFLOW_TLS_CERT",
+    "WORKFLOW_TLS_KEY",
+    "WORKFLOW_TOKEN",
+    "WORKFLOW_TOKEN_FILE",
+    "WORKFLOW_AGENT_TLS_CERT",
+    "WORKFLOW_AGENT_TLS_KEY",
+    "WORKFLOW_AGENT_TLS_CA",
+    "WORKFLOW_AGENT_ALLOW",
+    "WORKFLOWD_TLS_CERT",
+    "WORKFLOWD_TLS_KEY",
+    "WORKFLOWD_TLS_CLIENT_CA",
+    "WORKFLOWD_CONTROL_TOKEN_FILE",
+    "WORKFLOWD_INSECURE",
+)
 
 BIN = Path(sys.executable).parent
 
@@ -48,6 +70,40 @@ def wait_for(
 
 
 @dataclass
+class Pki:
+    """A CA on disk, and certificates issued by it on demand: (cert, key) paths."""
+
+    root: Path
+    issued: dict[tuple[str, str], tuple[Path, Path]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        certs.create_ca(self.root)
+
+    @property
+    def ca(self) -> Path:
+        return self.root / certs.CA_CERT
+
+    def issue(self, role: str, name: str) -> tuple[Path, Path]:
+        if (role, name) not in self.issued:
+            prefix = self.root / f"{role}-{len(self.issued)}"
+            self.issued[role, name] = certs.issue(self.root, role, name, prefix)
+        return self.issued[role, name]
+
+    def coordinator(self) -> tuple[Path, Path]:
+        return self.issue(certs.ROLE_COORDINATOR, "localhost")
+
+    def operator(self) -> tuple[Path, Path]:
+        return self.issue(certs.ROLE_OPERATOR, "test-operator")
+
+    def agent(self, name: str) -> tuple[Path, Path]:
+        return self.issue(certs.ROLE_AGENT, name)
+
+    def agent_args(self, name: str) -> list[str]:
+        cert, key = self.agent(name)
+        return ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(self.ca)]
+
+
+@dataclass
 class Result:
     code: int
     stdout: str
@@ -65,6 +121,8 @@ class Cluster:
     store_uri: str = ""
     daemon: subprocess.Popen[bytes] | None = None
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    pki: Pki | None = None
+    token: str = ""
 
     @property
     def address(self) -> str:
@@ -78,6 +136,17 @@ class Cluster:
         env = dict(os.environ)
         env["WORKFLOW_COORDINATOR"] = self.address
         env.pop("WORKFLOWD_STORE", None)
+        for name in _CREDENTIAL_VARIABLES:
+            env.pop(name, None)
+        if self.pki is not None:
+            cert, key = self.pki.operator()
+            env.update(
+                WORKFLOW_TLS_CA=str(self.pki.ca),
+                WORKFLOW_TLS_CERT=str(cert),
+                WORKFLOW_TLS_KEY=str(key),
+            )
+        if self.token:
+            env["WORKFLOW_TOKEN"] = self.token
         env.update(extra or {})
         return env
 
@@ -96,6 +165,16 @@ class Cluster:
     def start_daemon(
         self, *extra: str, wait: bool = True, env: dict[str, str] | None = None
     ) -> None:
+        security: list[str] = []
+        if self.pki is not None:
+            cert, key = self.pki.coordinator()
+            security += ["--tls-cert", str(cert), "--tls-key", str(key)]
+            security += ["--tls-client-ca", str(self.pki.ca)]
+        if self.token:
+            token_file = self.root / "tokens"
+            token_file.write_text(f"# control API tokens\n{self.token}\n")
+            token_file.chmod(0o600)
+            security += ["--control-token-file", str(token_file)]
         self.daemon = self._spawn(
             "workflowd",
             [
@@ -104,6 +183,7 @@ class Cluster:
                 self.address,
                 "--store",
                 self.store_uri or str(self.store_path),
+                *security,
                 *extra,
             ],
             env,
@@ -111,12 +191,19 @@ class Cluster:
         if wait:
             wait_for(self._serving, 20, "workflowd to serve")
 
+    def channel(self) -> grpc.Channel:
+        """A channel to workflowd as an operator would open it."""
+        if self.pki is None:
+            return grpc.insecure_channel(self.address)
+        cert, key = self.pki.operator()
+        return grpc.secure_channel(self.address, channel_credentials(self.pki.ca, cert, key))
+
     def _serving(self) -> bool:
         if self.daemon is not None and self.daemon.poll() is not None:
             raise AssertionError(
                 f"workflowd exited {self.daemon.returncode}:\n{self.log('workflowd')}"
             )
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=1
@@ -135,13 +222,28 @@ class Cluster:
     # -- agents
 
     def start_agent(
-        self, name: str, *extra: str, wait: bool = True, env: dict[str, str] | None = None
+        self,
+        name: str,
+        *extra: str,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        tls: bool = True,
     ) -> subprocess.Popen[bytes]:
+        """Start an agent; in a TLS cluster with a certificate for its name unless `tls` is off."""
         work = self.root / f"agent-{name}"
         work.mkdir(exist_ok=True)
+        security = self.pki.agent_args(name) if self.pki is not None and tls else []
         process = self._spawn(
             f"agent-{name}",
-            [str(BIN / "workflow-agent"), "--name", name, "--work-dir", str(work), *extra],
+            [
+                str(BIN / "workflow-agent"),
+                "--name",
+                name,
+                "--work-dir",
+                str(work),
+                *security,
+                *extra,
+            ],
             env,
         )
         self.agents[name] = process
@@ -155,10 +257,10 @@ class Cluster:
             raise AssertionError(
                 f"agent {name} exited {process.returncode}:\n{self.log('agent-' + name)}"
             )
-        return any(
-            a.name == name and a.connected
-            for a in self.control(lambda c: c.ListAgents(pb.ListAgentsRequest(), timeout=5)).agents
+        listed = self.control(
+            lambda c: c.ListAgents(pb.ListAgentsRequest(), timeout=5, metadata=self.metadata)
         )
+        return any(a.name == name and a.connected for a in listed.agents)
 
     def stop_agent(self, name: str, sig: int = signal.SIGTERM) -> int:
         process = self.agents.pop(name)
@@ -167,16 +269,31 @@ class Cluster:
 
     # -- clients
 
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata an operator sends: the bearer token, when the cluster has one."""
+        return bearer_metadata(self.token)
+
     def control(self, call: Callable[[rpc.ControlServiceStub], Any]) -> Any:
-        with grpc.insecure_channel(self.address) as channel:
+        """Call the control API; `call` gets the stub and passes `metadata=cluster.metadata`."""
+        with self.channel() as channel:
             return call(rpc.ControlServiceStub(channel))
 
-    def ctl(self, *args: str, timeout_s: float = 120) -> Result:
+    def ctl(
+        self, *args: str, timeout_s: float = 120, env: Mapping[str, str | None] | None = None
+    ) -> Result:
+        """Run workflowctl as the cluster's operator; `env` changes (None: removes) variables."""
+        environment = self._env()
+        for name, value in (env or {}).items():
+            if value is None:
+                environment.pop(name, None)
+            else:
+                environment[name] = value
         done = subprocess.run(
             [str(BIN / "workflowctl"), *args],
             capture_output=True,
             text=True,
-            env=self._env(),
+            env=environment,
             cwd=self.root,
             timeout=timeout_s,
             check=False,

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,10 +23,10 @@ import grpc
 import structlog
 
 from workflow_agent.outbox import Outbox
-from workflowd import __version__
+from workflowd import __version__, wire
 from workflowd.dispatch import AttemptKey
-from workflowd.execution import Outcome, execute
-from workflowd.grpc_options import CHANNEL_OPTIONS
+from workflowd.execution import Outcome, execute, for_wire
+from workflowd.grpc_options import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
 from workflowd.tasks import Report, StepContext, Task
@@ -48,9 +49,35 @@ def _step(key: AttemptKey, **kind: object) -> pb.AgentMessage:
     return pb.AgentMessage(step=pb.StepEvent(ref=_ref(key), **kind))
 
 
-def result_message(key: AttemptKey, outcome: Outcome) -> pb.AgentMessage:
+# Codes that say the coordinator refused this agent, not that the network failed.
+REFUSED_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    }
+)
+
+
+def _json(value: object) -> str:
+    """A plugin's message or output value as JSON text, or null when it is not JSON."""
+    try:
+        return json.dumps(wire.clean_value(value), allow_nan=False)
+    except (TypeError, ValueError):
+        return "null"
+
+
+def result_message(
+    key: AttemptKey, outcome: Outcome, limit_bytes: int = MAX_MESSAGE_BYTES
+) -> pb.AgentMessage:
+    """The final report of an attempt, within the coordinator's message size limit.
+
+    Outputs too large (or not JSON) fail the step with a message that says so,
+    rather than break the stream, and be sent again, after every reconnect.
+    """
+    outcome, outputs_json = for_wire(outcome, limit_bytes)
     if outcome.ok:
-        completed = pb.StepCompleted(outputs_json=json.dumps(outcome.outputs), path=outcome.path)
+        completed = pb.StepCompleted(outputs_json=outputs_json, path=outcome.path)
         return _step(key, completed=completed)
     if outcome.error == "interrupted":
         return _step(key, interrupted=pb.StepInterrupted(reason=outcome.message))
@@ -70,6 +97,23 @@ def _outcome(outcome: Outcome) -> str:
     if outcome.error in ("interrupted", "cancelled"):
         return outcome.error
     return "failed"
+
+
+# Run and step ids name directories under the work dir: nothing that climbs out.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+def _start_problem(start: pb.StartStep) -> str:
+    """Why a step start cannot be taken as it is, or ""."""
+    if not (_SAFE_ID.fullmatch(start.ref.run_id) and _SAFE_ID.fullmatch(start.ref.step_id)):
+        return "run and step ids must be letters, digits, '-' and '_'"
+    try:
+        config = json.loads(start.config_json or "{}")
+    except (ValueError, RecursionError):
+        config = None
+    if not isinstance(config, dict):
+        return "the run's configuration is not a JSON object"
+    return ""
 
 
 class Backoff:
@@ -101,8 +145,10 @@ class Agent:
         work_dir: Path,
         grace_s: float = 30.0,
         metrics: AgentMetrics | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.coordinator = coordinator
+        self.credentials = credentials
         self.name = name
         self.labels = dict(labels)
         self.plugins = dict(plugins)
@@ -118,6 +164,10 @@ class Agent:
         self._draining = False
         self._acked = asyncio.Event()
         self.connected = asyncio.Event()
+        # plugins installed here, allowed or not: to say why a step is refused
+        self.installed: frozenset[str] = frozenset(self.plugins)
+        # the coordinator's limit, once its welcome says it
+        self.max_message_bytes = MAX_MESSAGE_BYTES
         self.metrics = metrics
         if metrics is not None:
             metrics.steps_running.set_function(lambda: self.running)
@@ -137,8 +187,10 @@ class Agent:
             except Rejected as exc:
                 self.log.error("agent_rejected", reason=str(exc))
             except grpc.aio.AioRpcError as exc:
-                self.log.warning(
-                    "stream_lost",
+                # refused: a certificate, a name or a hello the coordinator will not take
+                refused = exc.code() in REFUSED_CODES
+                getattr(self.log, "error" if refused else "warning")(
+                    "agent_refused" if refused else "stream_lost",
                     code=exc.code().name,
                     details=exc.details(),
                     coordinator=self.coordinator,
@@ -210,8 +262,13 @@ class Agent:
             )
         )
 
+    def _channel(self) -> grpc.aio.Channel:
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(self.coordinator, options=CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(self.coordinator, self.credentials, options=CHANNEL_OPTIONS)
+
     async def _session(self) -> None:
-        async with grpc.aio.insecure_channel(self.coordinator, options=CHANNEL_OPTIONS) as channel:
+        async with self._channel() as channel:
             call = rpc.AgentServiceStub(channel).Connect()
             await call.write(self._hello())
             first = await call.read()
@@ -220,6 +277,7 @@ class Agent:
             if first.WhichOneof("kind") == "reject":
                 raise Rejected(first.reject.reason)
             interval_s = first.welcome.heartbeat_interval_s or 5.0
+            self._adopt_limit(first.welcome.max_message_bytes)
 
             outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
             for message in self._held.messages():
@@ -263,6 +321,21 @@ class Agent:
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
         while (message := await call.read()) is not grpc.aio.EOF:
             self._handle(message)
+
+    def _adopt_limit(self, coordinator_limit: int) -> None:
+        """Take the coordinator's message limit; held results that no longer fit fail."""
+        self.max_message_bytes = min(MAX_MESSAGE_BYTES, coordinator_limit or MAX_MESSAGE_BYTES)
+        for key, message in zip(self._held.attempts(), self._held.messages(), strict=True):
+            if message.ByteSize() > self.max_message_bytes:
+                size = message.ByteSize()
+                self.log.warning("held_result_too_large", run_id=key[0], step_id=key[1], size=size)
+                outcome = Outcome(
+                    False,
+                    error="outputs_too_large",
+                    message=f"the result of {size} bytes exceeds the coordinator's limit of "
+                    f"{self.max_message_bytes} bytes",
+                )
+                self._held.put(key, result_message(key, outcome, self.max_message_bytes))
 
     async def _write(
         self, call: grpc.aio.StreamStreamCall, outbox: asyncio.Queue[pb.AgentMessage]
@@ -330,6 +403,18 @@ class Agent:
             refused = Outcome(False, error="interrupted", message=f"agent {self.name} is stopping")
             self._send(result_message(key, refused))
             return
+        if start.task not in self.plugins:
+            # The coordinator only sends what this agent advertised; whoever
+            # sends anything else is refused, and told why, without running it.
+            outcome = self._refusal(start.task)
+            bound.warning("step_refused", error=outcome.error, reason=outcome.message)
+            self._finish(key, outcome)
+            return
+        problem = _start_problem(start)
+        if problem:
+            bound.warning("step_start_malformed", reason=problem)
+            self._finish(key, Outcome(False, error="invalid_message", message=problem))
+            return
         loop = asyncio.get_running_loop()
         scratch = self.work_dir / "scratch" / key[0] / f"{key[1]}-{key[2]}"
         ctx = StepContext(
@@ -346,19 +431,38 @@ class Agent:
         task = asyncio.create_task(self._run_step(key, start, ctx))
         self._running[key] = (task, ctx)
 
+    def _refusal(self, task: str) -> Outcome:
+        if task in self.installed:
+            allowed = ", ".join(sorted(self.plugins)) or "none"
+            return Outcome(
+                False,
+                error="task_not_allowed",
+                message=f"task {task} is installed on {self.name} but not allowed there "
+                f"(allowed: {allowed}); start the agent with --allow {task} to allow it",
+            )
+        return Outcome(
+            False, error="unknown_task", message=f"task {task} is not installed on {self.name}"
+        )
+
     def _report(self, key: AttemptKey, item: Report) -> None:
         kind, first, second = item
         if kind == "progress":
-            self._send(_step(key, progress=pb.StepProgress(fraction=first, message=second)))
+            progress = pb.StepProgress(
+                fraction=wire.fraction(first), message=wire.clean_text(second)
+            )
+            self._send(_step(key, progress=progress))
         elif kind == "message":
-            message = pb.StepMessage(topic=first, payload_json=json.dumps(second))
+            message = pb.StepMessage(topic=wire.clean_text(first, 200), payload_json=_json(second))
             self._send(_step(key, message=message))
         elif kind == "output":
-            self._send(_step(key, output=pb.StepOutput(name=first, value_json=json.dumps(second))))
+            output = pb.StepOutput(name=wire.clean_text(first, 200), value_json=_json(second))
+            self._send(_step(key, output=output))
         elif kind == "receive":
-            self._send(_step(key, receive=pb.ReceiveRequest(topic=first, after_index=second)))
+            receive = pb.ReceiveRequest(topic=wire.clean_text(first, 200), after_index=second)
+            self._send(_step(key, receive=receive))
         else:
-            self._send(_step(key, log=pb.StepLog(level=first, message=second)))
+            log = pb.StepLog(level=wire.level(first), message=wire.clean_text(second))
+            self._send(_step(key, log=log))
 
     async def _run_step(self, key: AttemptKey, start: pb.StartStep, ctx: StepContext) -> None:
         # everything logged while the step runs, by the plugin too, says which step it is
@@ -369,18 +473,11 @@ class Agent:
         began = time.monotonic()
         self._send(_step(key, started=pb.StepStarted()))
         try:
-            plugin = self.plugins.get(start.task)
-            if plugin is None:
-                outcome = Outcome(
-                    False,
-                    error="unknown_task",
-                    message=f"task {start.task} is not installed or not allowed on {self.name}",
-                )
-            else:
-                ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
-                ctx.state_dir.mkdir(parents=True, exist_ok=True)
-                params = json.loads(start.params_json or "{}")
-                outcome = await execute(plugin(), ctx, params, start.rollback_on_failure)
+            ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
+            ctx.state_dir.mkdir(parents=True, exist_ok=True)
+            params = json.loads(start.params_json or "{}")
+            plugin = self.plugins[start.task]()
+            outcome = await execute(plugin, ctx, params, start.rollback_on_failure)
         except Exception as exc:  # noqa: BLE001 - a step's crash must not take the agent down
             bound.exception("step_crashed")
             outcome = Outcome(False, error="agent_error", message=f"{type(exc).__name__}: {exc}")
@@ -390,7 +487,19 @@ class Agent:
         if self.metrics is not None:
             task = start.task if start.task in self.plugins else "unknown"
             self.metrics.step_finished(task, _outcome(outcome), time.monotonic() - began)
-        message = result_message(key, outcome)
+        self._finish(key, outcome)
+
+    def _finish(self, key: AttemptKey, outcome: Outcome) -> None:
+        """Hold the result until it is acknowledged, and send it."""
+        message = result_message(key, outcome, self.max_message_bytes)
+        if message.step.WhichOneof("kind") == "failed" and outcome.ok:
+            self.log.warning(
+                "step_result_refused",
+                run_id=key[0],
+                step_id=key[1],
+                error=message.step.failed.error,
+                reason=message.step.failed.message,
+            )
         if outcome.error != "interrupted":
             # kept on disk until acknowledged; an interruption is only news
             self._held.put(key, message)

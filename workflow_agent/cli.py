@@ -16,7 +16,9 @@ import uvloop
 from workflow_agent.agent import Agent
 from workflowd import DEFAULT_ADDRESS, __version__, logs, operations, systemd
 from workflowd.config import config_file
-from workflowd.tasks import load_plugins
+from workflowd.credentials import channel_credentials
+from workflowd.errors import WorkflowError
+from workflowd.tasks import SAFE_PLUGINS, installed_plugins, load_plugins
 
 log = structlog.get_logger()
 
@@ -91,10 +93,12 @@ async def _serve(agent: Agent, metrics_listen: str = "") -> None:
 @click.option(
     "--allow",
     multiple=True,
-    default=["*"],
+    default=list(SAFE_PLUGINS),
+    show_default="the built-in plugins that run no commands: " + " ".join(SAFE_PLUGINS),
     envvar="WORKFLOW_AGENT_ALLOW",
     show_envvar=True,
-    help="Glob of task plugins this agent may run, repeatable.",
+    help="Glob of task plugins this agent may run, repeatable. Plugins that run commands "
+    "(shell.run) must be named exactly: '*' does not allow them.",
 )
 @click.option(
     "--work-dir",
@@ -112,6 +116,27 @@ async def _serve(agent: Agent, metrics_listen: str = "") -> None:
     envvar="WORKFLOW_AGENT_GRACE",
     show_envvar=True,
     help="Seconds running steps get to finish on SIGTERM.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="WORKFLOW_AGENT_TLS_CERT",
+    show_envvar=True,
+    help="Connect over TLS presenting this agent certificate (PEM), whose name is --name.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="WORKFLOW_AGENT_TLS_KEY",
+    show_envvar=True,
+    help="The private key of --tls-cert (PEM).",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="WORKFLOW_AGENT_TLS_CA",
+    show_envvar=True,
+    help="CA that signed the coordinator's certificate (PEM); the system's roots by default.",
 )
 @click.option(
     "--log-level",
@@ -136,11 +161,24 @@ def main(
     allow: tuple[str, ...],
     work_dir: Path,
     grace_s: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
     log_level: str,
     metrics_listen: str,
 ) -> None:
     """Run workflow steps on this host for a workflowd coordinator."""
     logs.configure(log_level)
+    credentials = None
+    if tls_cert or tls_key or tls_ca:
+        if not (tls_cert and tls_key):
+            raise click.UsageError(
+                "TLS needs --tls-cert and --tls-key: agents present certificates"
+            )
+        try:
+            credentials = channel_credentials(tls_ca, tls_cert, tls_key)
+        except WorkflowError as exc:
+            raise click.ClickException(str(exc)) from None
     plugins = load_plugins(allow)
     log.info(
         "agent_starting",
@@ -148,9 +186,20 @@ def main(
         coordinator=coordinator,
         labels=labels,
         plugins=sorted(plugins),
+        tls=credentials is not None,
     )
     metrics = operations.agent_metrics(metrics_listen)
-    agent = Agent(coordinator, name, labels, plugins, work_dir, grace_s, metrics)
+    agent = Agent(
+        coordinator,
+        name,
+        labels,
+        plugins,
+        work_dir,
+        grace_s,
+        metrics=metrics,
+        credentials=credentials,
+    )
+    agent.installed = installed_plugins()
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(_serve(agent, metrics_listen))
 

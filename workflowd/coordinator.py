@@ -18,17 +18,18 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from workflowd import definition, engine
+from workflowd import definition, engine, wire
 from workflowd.dispatch import AgentRegistry, AgentSession, AttemptKey
 from workflowd.engine import COORDINATOR, Event, Limits, RunState
 from workflowd.errors import DefinitionError, Issue, UnknownRunError
-from workflowd.execution import Outcome, execute
+from workflowd.execution import Outcome, execute, for_wire
+from workflowd.grpc_options import MAX_MESSAGE_BYTES
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.store.base import AgentRecord, RunRecord, Store, new_run_id, now_ms
 from workflowd.tasks import Report, StepContext, Task
@@ -99,6 +100,8 @@ class Coordinator:
         self.metrics = metrics
         if metrics is not None:
             metrics.track(self.run_statuses, lambda: len(self.agents.sessions()))
+        # the largest message the server sends and receives; results must fit
+        self.max_message_bytes = MAX_MESSAGE_BYTES
 
     # ------------------------------------------------------------ life cycle
 
@@ -193,7 +196,13 @@ class Coordinator:
     # --------------------------------------------------------------- runs
 
     async def _load(self, record: RunRecord) -> RunState:
-        workflow = definition.load(record.source, record.filename)
+        # typed by the same task schemas as at submit; parsing runs off the event loop
+        # TODO: store the typed parameters with the run, so that a task schema that
+        # changed since the submit cannot retype a plain scalar on recovery.
+        catalog = await self.catalog()
+        workflow = await asyncio.to_thread(
+            definition.load, record.source, record.filename, catalog
+        )
         state = engine.initial(record.run_id, workflow, record.inputs, record.config)
         after = 0
         while batch := await self.store.events(record.run_id, after, 5000):
@@ -224,9 +233,22 @@ class Coordinator:
     async def check(
         self, source: str, filename: str, inputs: Mapping[str, str]
     ) -> tuple[definition.Workflow, dict[str, Any]]:
-        """Everything submit checks, without storing anything."""
-        workflow = definition.load(source, filename)
+        """Everything submit checks, without storing anything.
+
+        Parsing a large or hostile document takes CPU time: it runs in a worker
+        thread so that agents' streams and other calls are served meanwhile.
+        """
         catalog = await self.catalog()
+        return await asyncio.to_thread(self._check, source, filename, inputs, catalog)
+
+    def _check(
+        self,
+        source: str,
+        filename: str,
+        inputs: Mapping[str, str],
+        catalog: Mapping[str, Mapping[str, Any]],
+    ) -> tuple[definition.Workflow, dict[str, Any]]:
+        workflow = definition.load(source, filename, catalog)
         issues = definition.check_tasks(workflow, catalog, source, filename)
         for index, step in enumerate(workflow.steps):
             if step.on.on_coordinator and step.task in catalog and step.task not in self.plugins:
@@ -384,18 +406,33 @@ class Coordinator:
                 "dispatch_target_gone", run_id=run_id, step_id=event.step_id, agent=event.agent
             )
             return
-        session.running.add(key)
-        session.send(
-            pb.CoordinatorMessage(
-                start=pb.StartStep(
-                    ref=pb.AttemptRef(run_id=run_id, step_id=event.step_id, attempt=event.attempt),
-                    task=task_name,
-                    params_json=json.dumps(params),
-                    config_json=json.dumps(dict(self._states[run_id].config)),
-                    rollback_on_failure=final,
-                )
+        state = self._states[run_id]
+        message = pb.CoordinatorMessage(
+            start=pb.StartStep(
+                ref=pb.AttemptRef(run_id=run_id, step_id=event.step_id, attempt=event.attempt),
+                task=task_name,
+                params_json=json.dumps(params),
+                config_json=json.dumps(dict(state.config)),
+                rollback_on_failure=final,
             )
         )
+        if (size := message.ByteSize()) > self.max_message_bytes:
+            # sent, it would break the agent's stream, and be sent again on reconnect
+            failed = Event(
+                engine.STEP_FAILED,
+                event.step_id,
+                event.attempt,
+                event.agent,
+                {
+                    "error": "params_too_large",
+                    "message": f"the step's parameters and configuration take {size} bytes, "
+                    f"more than the limit of {self.max_message_bytes} bytes",
+                },
+            )
+            self._spawn(self.report(event.agent, run_id, failed))
+            return
+        session.running.add(key)
+        session.send(message)
 
     def _stop_attempt(
         self, run_id: str, step_id: str, step: engine.StepState, reason: str, rollback: bool
@@ -427,7 +464,9 @@ class Coordinator:
     async def report(self, agent: str, run_id: str, event: Event) -> str:
         """Apply a report about a step attempt from an agent (or a local step).
 
-        Returns the engine's verdict; the report is stored only when it is "accept".
+        Returns the engine's verdict; the result is stored when it is "accept".
+        Anything else changes nothing: a report about a run that does not exist,
+        or about an attempt that was never given to `agent`, is "foreign".
         """
         if run_id not in self._states:
             # a finished or unknown run: nothing to change, whatever it says
@@ -564,8 +603,15 @@ class Coordinator:
         return waiting
 
     def _rejected(self, verdict: str, agent: str, run_id: str, event: Event) -> str:
-        """Log a report that changes nothing; a re-sent duplicate is routine."""
-        if event.type in (engine.STEP_PROGRESS, engine.STEP_LOG) and verdict != engine.FOREIGN:
+        """Log a report that changes nothing.
+
+        A re-sent duplicate is routine; a stale result (from an attempt given
+        up on) is worth a warning. Foreign reports are logged by the agent
+        service, which rate-limits a flood of them.
+        """
+        if verdict == engine.FOREIGN:
+            return verdict
+        if event.type in (engine.STEP_PROGRESS, engine.STEP_LOG):
             return verdict  # chatter from an attempt the run has moved past
         level = "debug" if verdict == engine.DUPLICATE else "warning"
         getattr(log, level)(
@@ -621,6 +667,7 @@ class Coordinator:
                 await forwarder
                 if outcome.error == "interrupted":
                     return  # the coordinator is stopping; the restart reruns the step
+                outcome = _storable(outcome, self.max_message_bytes)
                 await self.report(COORDINATOR, run_id, outcome_event(key, COORDINATOR, outcome))
             finally:
                 forwarder.cancel()
@@ -710,12 +757,18 @@ class Coordinator:
             log.info("agent_disconnected", agent=session.name)
 
 
+def _storable(outcome: Outcome, limit_bytes: int) -> Outcome:
+    """A local step's outcome held to the rules of the wire: it is read through it."""
+    checked, text = for_wire(outcome, limit_bytes)
+    return replace(checked, outputs=json.loads(text))
+
+
 def report_event(key: AttemptKey, agent: str, item: Report) -> Event:
     """The history event for what a running step reported (all but receive requests)."""
     _, step_id, attempt = key
     kind, first, second = item
     if kind == "progress":
-        data = {"fraction": first, "message": second}
+        data = {"fraction": wire.fraction(first), "message": wire.clean_text(second)}
         return Event(engine.STEP_PROGRESS, step_id, attempt, agent, data)
     if kind == "message":
         return Event(
@@ -723,7 +776,8 @@ def report_event(key: AttemptKey, agent: str, item: Report) -> Event:
         )
     if kind == "output":
         return Event(engine.STEP_OUTPUT, step_id, attempt, agent, {"name": first, "value": second})
-    return Event(engine.STEP_LOG, step_id, attempt, agent, {"level": first, "message": second})
+    data = {"level": wire.level(first), "message": wire.clean_text(second)}
+    return Event(engine.STEP_LOG, step_id, attempt, agent, data)
 
 
 def outcome_event(key: AttemptKey, agent: str, outcome: Outcome) -> Event:

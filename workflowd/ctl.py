@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,13 +19,15 @@ from rich.console import Console
 from rich.table import Table
 
 from workflowd import DEFAULT_ADDRESS, events
+from workflowd.credentials import bearer_metadata, channel_credentials
+from workflowd.errors import WorkflowError
 from workflowd.grpc_options import CHANNEL_OPTIONS
 from workflowd.render import LivePrinter, PlainPrinter, attempts, summarize_outputs
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
 
 # exit codes
-OK, RUN_FAILED, USAGE, NOT_FOUND, UNREACHABLE = 0, 1, 2, 3, 4
+OK, RUN_FAILED, USAGE, NOT_FOUND, UNREACHABLE, DENIED = 0, 1, 2, 3, 4, 5
 # stopped by a signal while following a run: 128 + the signal's number, as shells report it
 INTERRUPTED, TERMINATED, BROKEN_PIPE = 128 + signal.SIGINT, 128 + signal.SIGTERM, 141
 
@@ -38,26 +41,61 @@ def _terminate(_signum: int, _frame: object) -> None:
 
 
 class Client:
-    def __init__(self, address: str) -> None:
+    """The control API of one workflowd; the channel opens on first use."""
+
+    def __init__(
+        self,
+        address: str,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        token: str = "",
+    ) -> None:
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self.control = rpc.ControlServiceStub(self.channel)
+        self.tls_ca, self.tls_cert, self.tls_key = tls_ca, tls_cert, tls_key
+        self.metadata = bearer_metadata(token)
+
+    @property
+    def tls(self) -> bool:
+        return any((self.tls_ca, self.tls_cert, self.tls_key))
+
+    @cached_property
+    def channel(self) -> grpc.Channel:
+        if not self.tls:
+            return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        try:
+            credentials = channel_credentials(self.tls_ca, self.tls_cert, self.tls_key)
+        except WorkflowError as exc:
+            raise click.ClickException(str(exc)) from None
+        return grpc.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
+
+    @cached_property
+    def control(self) -> rpc.ControlServiceStub:
+        return rpc.ControlServiceStub(self.channel)
 
     def call(self, method: str, request: Any, timeout_s: float = 30.0) -> Any:
         try:
-            return getattr(self.control, method)(request, timeout=timeout_s)
+            return getattr(self.control, method)(
+                request, timeout=timeout_s, metadata=self.metadata
+            )
         except grpc.RpcError as exc:
             self.fail(exc)
 
     def fail(self, exc: grpc.RpcError) -> NoReturn:
         code = exc.code()
         if code == grpc.StatusCode.UNAVAILABLE:
-            click.echo(
-                f"error: cannot reach workflowd at {self.address}: is it running? "
-                "(set --coordinator or WORKFLOW_COORDINATOR)",
-                err=True,
+            hint = (
+                "is it running, does it serve TLS, and does it accept your certificate "
+                "(--tls-cert, --tls-key, --tls-ca)?"
+                if self.tls
+                else "is it running? (set --coordinator or WORKFLOW_COORDINATOR; "
+                "if it serves TLS, give --tls-ca, --tls-cert and --tls-key)"
             )
+            click.echo(f"error: cannot reach workflowd at {self.address}: {hint}", err=True)
             sys.exit(UNREACHABLE)
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            click.echo(f"error: workflowd refused the call: {exc.details()}", err=True)
+            sys.exit(DENIED)
         if code == grpc.StatusCode.NOT_FOUND:
             click.echo(f"error: {exc.details()}", err=True)
             sys.exit(NOT_FOUND)
@@ -103,7 +141,8 @@ def _event_dict(event: pb.Event) -> dict[str, Any]:
 
 def _stream(client: Client, run_id: str, follow: bool) -> Iterator[dict[str, Any]]:
     try:
-        for event in client.control.Tail(pb.TailRequest(run_id=run_id, follow=follow)):
+        request = pb.TailRequest(run_id=run_id, follow=follow)
+        for event in client.control.Tail(request, metadata=client.metadata):
             yield _event_dict(event)
     except grpc.RpcError as exc:
         client.fail(exc)
@@ -173,14 +212,61 @@ def follow_run(client: Client, run_id: str, as_json: bool, follow: bool = True) 
     show_default=True,
     help="HOST:PORT of workflowd.",
 )
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="WORKFLOW_TLS_CA",
+    show_envvar=True,
+    help="Connect over TLS, trusting this CA for the coordinator's certificate (PEM).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="WORKFLOW_TLS_CERT",
+    show_envvar=True,
+    help="Operator certificate to present (PEM).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="WORKFLOW_TLS_KEY",
+    show_envvar=True,
+    help="The private key of --tls-cert (PEM).",
+)
+@click.option(
+    "--token",
+    default="",
+    envvar="WORKFLOW_TOKEN",
+    show_envvar=True,
+    help="Bearer token for the control API. Prefer --token-file: arguments are visible to "
+    "other users of this host.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="WORKFLOW_TOKEN_FILE",
+    show_envvar=True,
+    help="File whose first line is the bearer token.",
+)
 @click.pass_context
-def main(ctx: click.Context, coordinator: str) -> None:
+def main(
+    ctx: click.Context,
+    coordinator: str,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    token: str,
+    token_file: Path | None,
+) -> None:
     """Submit, follow and inspect workflow runs.
 
     Exit codes: 0 success, 1 run failed or definition refused, 2 usage,
-    3 unknown run, 4 workflowd unreachable.
+    3 unknown run, 4 workflowd unreachable, 5 refused (credentials).
     """
-    ctx.obj = Client(coordinator)
+    if token_file is not None and not token:
+        lines = token_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        token = lines[0].strip() if lines else ""
+    ctx.obj = Client(coordinator, tls_ca, tls_cert, tls_key, token)
 
 
 @main.command()
@@ -540,6 +626,76 @@ def agents(client: Client, as_json: bool) -> None:
             " ".join(agent.plugins),
         )
     _console().print(table)
+
+
+@main.group(name="certs")
+def certs_group() -> None:
+    """Create a small CA and the certificates of a coordinator, its agents and operators.
+
+    \b
+    workflowctl certs init DIR
+    workflowctl certs issue DIR coordinator coord.example.org --dns coord.example.org
+    workflowctl certs issue DIR agent host-a
+    workflowctl certs issue DIR operator alice
+    """
+
+
+# the certs commands load cryptography when they run, not when workflowctl starts
+CA_DAYS, LEAF_DAYS, ROLES = 3650, 397, ("coordinator", "agent", "operator")
+
+
+@certs_group.command(name="init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", default="workflow CA", show_default=True, help="The CA's common name.")
+@click.option("--days", default=CA_DAYS, show_default=True, type=click.IntRange(1))
+@click.option("--force", is_flag=True, help="Replace an existing CA.")
+def certs_init(directory: Path, name: str, days: int, force: bool) -> None:
+    """Create a CA in DIRECTORY: ca.pem (give it to every host) and ca.key (keep it safe)."""
+    from workflowd import certs
+
+    try:
+        cert, key = certs.create_ca(directory, name, days, force)
+    except WorkflowError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{cert}\n{key}")
+
+
+@certs_group.command(name="issue")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("role", type=click.Choice(ROLES))
+@click.argument("name")
+@click.option("--dns", multiple=True, help="DNS name clients dial (coordinator), repeatable.")
+@click.option("--ip", multiple=True, help="IP address clients dial (coordinator), repeatable.")
+@click.option("--days", default=LEAF_DAYS, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write OUT.pem and OUT.key; DIRECTORY/ROLE-NAME by default.",
+)
+@click.option("--force", is_flag=True, help="Replace existing files.")
+def certs_issue(
+    directory: Path,
+    role: str,
+    name: str,
+    dns: tuple[str, ...],
+    ip: tuple[str, ...],
+    days: int,
+    out: Path | None,
+    force: bool,
+) -> None:
+    """Issue a ROLE certificate for NAME, signed by the CA in DIRECTORY.
+
+    An agent's NAME is its --name; a coordinator's certificate names the
+    addresses clients dial (localhost, 127.0.0.1 and ::1 by default).
+    """
+    from workflowd import certs
+
+    prefix = out or directory / f"{role}-{name.replace('/', '_')}"
+    try:
+        cert, key = certs.issue(directory, role, name, prefix, dns, ip, days, force)
+    except WorkflowError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{cert}\n{key}")
 
 
 if __name__ == "__main__":

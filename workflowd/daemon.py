@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -18,6 +21,8 @@ from workflowd.config import config_file
 from workflowd.coordinator import Coordinator
 from workflowd.engine import Limits
 from workflowd.errors import WorkflowError
+from workflowd.grpc_options import MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES
+from workflowd.security import AccessPolicy, Tokens, server_credentials
 from workflowd.server import SERVICE_NAMES, build_server
 from workflowd.store import describe, open_store
 from workflowd.tasks import load_plugins
@@ -36,14 +41,89 @@ def default_store() -> str:
     return f"sqlite://{root / 'workflowd.db'}"
 
 
+@dataclass(frozen=True)
+class Security:
+    """How workflowd lets peers in: TLS files, control tokens, plaintext beyond loopback."""
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    control_token_file: Path | None = None
+    insecure: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a listen address reaches this host only."""
+    if listen.startswith("unix:"):
+        return True
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    if not host:
+        return False  # ":7471" is every interface
+    try:
+        found = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(found) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in found)
+
+
+def check_security(listen: str, security: Security) -> None:
+    """Refuse settings that would let in more than they say; warn about plaintext."""
+    given = [security.tls_cert, security.tls_key, security.tls_client_ca]
+    if any(given) and not all(given):
+        raise click.UsageError(
+            "TLS needs all of --tls-cert, --tls-key and --tls-client-ca (agents must present "
+            "certificates from the client CA)"
+        )
+    if security.tls or is_loopback(listen):
+        return
+    if not security.insecure:
+        raise click.UsageError(
+            f"refusing to listen on {listen} without TLS: give --tls-cert, --tls-key and "
+            "--tls-client-ca, or --insecure to serve plaintext beyond this host anyway"
+        )
+    log.warning(
+        "listening_insecure",
+        listen=listen,
+        reason="without TLS anyone who can reach this address can connect as an agent",
+    )
+
+
 async def serve(
     listen: str,
     store_uri: str,
+    security: Security | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
     heartbeat_timeout_s: float = 15.0,
     agent_wait_s: float = 3600.0,
     store_wait_s: float = 0.0,
     metrics_listen: str = "",
 ) -> None:
+    security = security or Security()
+    try:
+        tokens = (
+            Tokens.from_file(security.control_token_file) if security.control_token_file else None
+        )
+        credentials = (
+            server_credentials(security.tls_cert, security.tls_key, security.tls_client_ca)
+            if security.tls_cert and security.tls_key and security.tls_client_ca
+            else None
+        )
+    except WorkflowError as exc:
+        raise click.ClickException(str(exc)) from None
+    policy = AccessPolicy(tls=credentials is not None, tokens=tokens)
+    if policy.control_open:
+        log.warning("control_api_open", reason="no TLS and no --control-token-file")
+
     try:
         store = open_store(store_uri, wait_s=store_wait_s)
         await store.open()
@@ -57,9 +137,15 @@ async def serve(
         limits=Limits(agent_wait_ms=int(agent_wait_s * 1000)),
         metrics=metrics,
     )
-    server, health = build_server(coordinator, heartbeat_interval_s=heartbeat_timeout_s / 3)
+    coordinator.max_message_bytes = max_message_bytes
+    server, health = build_server(
+        coordinator, policy, max_message_bytes, heartbeat_interval_s=heartbeat_timeout_s / 3
+    )
     try:
-        port = server.add_insecure_port(listen)
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
     except RuntimeError as exc:
         await store.close()
         raise click.ClickException(f"cannot listen on {listen}: {exc}") from None
@@ -92,6 +178,9 @@ async def serve(
         plugins=sorted(coordinator.plugins),
         version=__version__,
         metrics=metrics_listen and f"http://{metrics_listen}/metrics",
+        tls=policy.tls,
+        control_tokens=tokens is not None,
+        max_message_bytes=max_message_bytes,
     )
 
     await stopping.wait()
@@ -137,6 +226,51 @@ async def serve(
     "retrying with backoff; 0 waits for ever.",
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="WORKFLOWD_TLS_CERT",
+    show_envvar=True,
+    help="Serve TLS with this certificate (PEM); needs --tls-key and --tls-client-ca.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="WORKFLOWD_TLS_KEY",
+    show_envvar=True,
+    help="The private key of --tls-cert (PEM).",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="WORKFLOWD_TLS_CLIENT_CA",
+    show_envvar=True,
+    help="CA whose certificates agents and operators must present (PEM).",
+)
+@click.option(
+    "--control-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="WORKFLOWD_CONTROL_TOKEN_FILE",
+    show_envvar=True,
+    help="File of bearer tokens (one a line) that workflowctl may present instead of an "
+    "operator certificate.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    envvar="WORKFLOWD_INSECURE",
+    show_envvar=True,
+    help="Serve plaintext on an address other than loopback (without TLS, anyone who can reach "
+    "it can connect as an agent).",
+)
+@click.option(
+    "--max-message-bytes",
+    type=click.IntRange(MIN_MESSAGE_BYTES, 1 << 30),
+    default=MAX_MESSAGE_BYTES,
+    envvar="WORKFLOWD_MAX_MESSAGE_BYTES",
+    show_envvar=True,
+    help="Largest message sent or received; a step result beyond it fails its step.",
+)
+@click.option(
     "--log-level",
     default="info",
     envvar="WORKFLOWD_LOG_LEVEL",
@@ -178,14 +312,24 @@ def main(
     heartbeat_timeout_s: float,
     agent_wait_s: float,
     metrics_listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    control_token_file: Path | None,
+    insecure: bool,
+    max_message_bytes: int,
 ) -> None:
     """Coordinate workflow runs across remote agents."""
     logs.configure(log_level)
+    security = Security(tls_cert, tls_key, tls_client_ca, control_token_file, insecure)
+    check_security(listen, security)
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(
             serve(
                 listen,
                 store_uri,
+                security,
+                max_message_bytes,
                 heartbeat_timeout_s,
                 agent_wait_s,
                 store_wait_s,

@@ -22,6 +22,7 @@ class AgentSession:
     version: str
     running: set[AttemptKey] = field(default_factory=set)
     draining: bool = False  # shutting down: finishes what it runs, takes nothing new
+    rejected: int = 0  # reports refused: malformed, or about attempts it was never given
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)

@@ -13,12 +13,13 @@ import contextvars
 import functools
 import inspect
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from workflowd import wire
 from workflowd.errors import TaskError
 from workflowd.tasks import Cancelled, StepContext, Task
 
@@ -172,3 +173,31 @@ def _jsonable(value: Any) -> Any:
     except (TypeError, ValueError):
         return None
     return value
+
+
+def for_wire(outcome: Outcome, limit_bytes: int) -> tuple[Outcome, str]:
+    """The outcome as it may be reported, and its outputs as JSON text.
+
+    Outputs that are too large, too deep or not JSON turn a success into a
+    failure that says so; a failure's details that cannot go are dropped;
+    text is made valid UTF-8 and clipped.
+    """
+    limit_bytes -= wire.ENVELOPE_BYTES
+    cleaned = replace(
+        outcome,
+        message=wire.clean_text(outcome.message),
+        error=wire.clean_text(outcome.error, 100),
+    )
+    if cleaned.details is not None:
+        try:
+            wire.encode_outputs({"details": cleaned.details}, limit_bytes // 2)
+        except wire.WireError:
+            cleaned = replace(cleaned, details=None)
+    try:
+        text = wire.encode_outputs(outcome.outputs, limit_bytes)
+    except wire.WireError as exc:
+        if not outcome.ok:  # a failure keeps its reason
+            return replace(cleaned, outputs={}), "{}"
+        code = exc.code if exc.code != wire.WireError.code else "outputs_invalid"
+        return Outcome(False, path=outcome.path, error=code, message=str(exc)), "{}"
+    return cleaned, text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# The least a coordinator may be configured to accept: hellos and ordinary results fit.
+MIN_MESSAGE_BYTES = 64 * 1024
 
 # Keepalive pings find a half-open stream within seconds, not a TCP timeout.
 KEEPALIVE_TIME_MS = 10_000
@@ -28,3 +30,9 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
 ]
+
+
+def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """SERVER_OPTIONS with another message size limit, both ways."""
+    sizes = {"grpc.max_send_message_length", "grpc.max_receive_message_length"}
+    return [(key, max_message_bytes if key in sizes else value) for key, value in SERVER_OPTIONS]

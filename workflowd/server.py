@@ -9,18 +9,21 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+import jsonschema
 import structlog
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from workflowd import __version__, engine
+from workflowd import __version__, engine, wire
 from workflowd.coordinator import Coordinator
 from workflowd.dispatch import AgentSession
 from workflowd.engine import Event, ResumeError, RunState
 from workflowd.errors import DefinitionError, Issue, UnknownRunError
-from workflowd.grpc_options import SERVER_OPTIONS
+from workflowd.grpc_options import MAX_MESSAGE_BYTES, server_options
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
+from workflowd.security import AccessPolicy, ControlAuthInterceptor
 from workflowd.store.base import now_ms
 
 log = structlog.get_logger()
@@ -34,6 +37,15 @@ SERVICE_NAMES = (
 HELLO_TIMEOUT_S = 10.0
 HEARTBEAT_INTERVAL_S = 5.0
 TAIL_BATCH = 500
+
+# What a hello may hold; anything beyond is refused with the reason.
+MAX_NAME_CHARS = 200
+MAX_LABELS = 64
+MAX_PLUGINS = 256
+MAX_ATTEMPT_REFS = 10_000
+# Rejected messages logged per stream before only every REJECTS_LOG_EVERY-th is.
+REJECTS_LOGGED = 100
+REJECTS_LOG_EVERY = 1000
 
 
 def _issue_pb(issue: Issue) -> pb.DefinitionIssue:
@@ -60,56 +72,109 @@ def event_pb(run_id: str, event: Event) -> pb.Event:
 
 
 def step_event(ref: pb.AttemptRef, agent: str, message: pb.StepEvent) -> Event:
-    """Translate an agent's step report into a history event."""
+    """Translate an agent's step report into a history event.
+
+    Raises WireError for a report that cannot be taken as it is; text is made
+    valid and clipped, numbers made finite.
+    """
     kind = message.WhichOneof("kind")
     base = (ref.step_id, ref.attempt, agent)
     if kind == "started":
         return Event(engine.STEP_STARTED, *base)
     if kind == "progress":
-        data = {"fraction": message.progress.fraction, "message": message.progress.message}
+        data = {
+            "fraction": wire.fraction(message.progress.fraction),
+            "message": wire.clean_text(message.progress.message),
+        }
         return Event(engine.STEP_PROGRESS, *base, data)
     if kind == "log":
-        return Event(
-            engine.STEP_LOG, *base, {"level": message.log.level, "message": message.log.message}
-        )
+        data = {
+            "level": wire.level(message.log.level),
+            "message": wire.clean_text(message.log.message),
+        }
+        return Event(engine.STEP_LOG, *base, data)
     if kind == "completed":
-        outputs = json.loads(message.completed.outputs_json or "{}")
-        if not isinstance(outputs, dict):
-            raise ValueError("outputs_json is not a JSON object")
-        return Event(
-            engine.STEP_SUCCEEDED, *base, {"outputs": outputs, "path": message.completed.path}
-        )
+        outputs = wire.decode_outputs(message.completed.outputs_json)
+        path = message.completed.path if message.completed.path in ("check", "run") else "run"
+        return Event(engine.STEP_SUCCEEDED, *base, {"outputs": outputs, "path": path})
     if kind == "failed":
         failed = message.failed
         data: dict[str, object] = {
-            "error": failed.error,
-            "message": failed.message,
+            "error": wire.clean_text(failed.error, 100),
+            "message": wire.clean_text(failed.message),
             "retryable": failed.retryable,
             "rolled_back": failed.rolled_back,
         }
         if failed.details_json:
-            data["details"] = json.loads(failed.details_json)
+            data["details"] = _json_value(failed.details_json)
         return Event(engine.STEP_FAILED, *base, data)
     if kind == "message":
         data = {
-            "topic": message.message.topic,
-            "payload": json.loads(message.message.payload_json),
+            "topic": wire.clean_text(message.message.topic, 200),
+            "payload": _json_value(message.message.payload_json),
         }
         return Event(engine.STEP_MESSAGE, *base, data)
     if kind == "output":
-        data = {"name": message.output.name, "value": json.loads(message.output.value_json)}
+        data = {
+            "name": wire.clean_text(message.output.name, 200),
+            "value": _json_value(message.output.value_json),
+        }
         return Event(engine.STEP_OUTPUT, *base, data)
     if kind == "interrupted":
-        return Event(engine.STEP_INTERRUPTED, *base, {"reason": message.interrupted.reason})
-    raise ValueError(f"step event without a kind: {kind!r}")
+        reason = wire.clean_text(message.interrupted.reason)
+        return Event(engine.STEP_INTERRUPTED, *base, {"reason": reason})
+    raise wire.WireError("a step event without a kind")
+
+
+def _json_value(text: str) -> object:
+    """Any JSON value an agent sent, checked like outputs are (finite, not too deep)."""
+    return wire.decode_outputs('{"value": ' + (text or "null") + "}")["value"]
+
+
+def hello_problem(hello: pb.Hello) -> str | None:
+    """What makes a hello unacceptable, or None."""
+    name = hello.name
+    if not name or len(name) > MAX_NAME_CHARS or not name.isprintable() or name != name.strip():
+        return f"an agent name has 1 to {MAX_NAME_CHARS} printable characters"
+    if name == engine.COORDINATOR:
+        return f"{engine.COORDINATOR!r} is reserved for the coordinator's own steps"
+    if len(hello.labels) > MAX_LABELS or any(
+        len(k) > MAX_NAME_CHARS or len(v) > MAX_NAME_CHARS for k, v in hello.labels.items()
+    ):
+        return f"at most {MAX_LABELS} labels, each key and value of {MAX_NAME_CHARS} characters"
+    if len(hello.plugins) > MAX_PLUGINS:
+        return f"at most {MAX_PLUGINS} plugins"
+    if len(hello.running) + len(hello.held) > MAX_ATTEMPT_REFS:
+        return f"at most {MAX_ATTEMPT_REFS} running and held attempts"
+    for plugin in hello.plugins:
+        if not plugin.name or len(plugin.name) > MAX_NAME_CHARS:
+            return "a plugin without a proper name"
+        try:
+            schema = json.loads(plugin.params_schema_json or "{}")
+            if not isinstance(schema, dict):
+                raise ValueError("not an object")
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except (ValueError, RecursionError, jsonschema.SchemaError) as exc:
+            first_line = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            return f"plugin {plugin.name}: the parameter schema is not a JSON Schema: {first_line}"
+    return None
 
 
 class AgentService(rpc.AgentServiceServicer):
-    def __init__(self, coordinator: Coordinator, heartbeat_interval_s: float) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        policy: AccessPolicy | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+    ) -> None:
         self.coordinator = coordinator
+        self.policy = policy or AccessPolicy()
+        self.max_message_bytes = max_message_bytes
         self.heartbeat_interval_s = heartbeat_interval_s
 
-    async def Connect(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+    async def _hello(self, context: grpc.aio.ServicerContext) -> pb.Hello:
+        """The stream's hello, once its name, credentials and contents are accepted."""
         try:
             first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT_S)
         except TimeoutError:
@@ -119,6 +184,23 @@ class AgentService(rpc.AgentServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a hello with a name"
             )
         hello = first.hello
+        refusal = self.policy.agent_refusal(context, hello.name)
+        if refusal is None and (problem := hello_problem(hello)) is not None:
+            refusal = grpc.StatusCode.INVALID_ARGUMENT, problem
+        if refusal is not None:
+            code, reason = refusal
+            log.warning(
+                "agent_refused",
+                agent=wire.clean_text(hello.name, MAX_NAME_CHARS),
+                peer=context.peer(),
+                code=code.name,
+                reason=reason,
+            )
+            await context.abort(code, reason)
+        return hello
+
+    async def Connect(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        hello = await self._hello(context)
         session = AgentSession(
             name=hello.name,
             labels=dict(hello.labels),
@@ -130,7 +212,9 @@ class AgentService(rpc.AgentServiceServicer):
         await context.write(
             pb.CoordinatorMessage(
                 welcome=pb.Welcome(
-                    coordinator_version=__version__, heartbeat_interval_s=self.heartbeat_interval_s
+                    coordinator_version=__version__,
+                    heartbeat_interval_s=self.heartbeat_interval_s,
+                    max_message_bytes=self.max_message_bytes,
                 )
             )
         )
@@ -142,11 +226,20 @@ class AgentService(rpc.AgentServiceServicer):
                 if writer in done:
                     reader.cancel()
                     break
-                message = reader.result()
+                try:
+                    message = reader.result()
+                except DecodeError:
+                    # not a message at all: the stream cannot be trusted to carry more
+                    self._rejected(session, "agent_message_undecodable")
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, "a message could not be decoded"
+                    )
                 if message is grpc.aio.EOF:
                     break
                 await self._handle(session, message)
         except asyncio.CancelledError:
+            raise
+        except grpc.aio.AbortError:
             raise
         except Exception:  # noqa: BLE001 - one agent's broken stream must not stop the daemon
             bound.exception("agent_stream_failed")
@@ -160,6 +253,12 @@ class AgentService(rpc.AgentServiceServicer):
         while (message := await session.outbox.get()) is not None:
             await context.write(message)
 
+    def _rejected(self, session: AgentSession, event: str, **fields: object) -> None:
+        """Log a message the coordinator refused, without letting a flood flood the log."""
+        session.rejected += 1
+        if session.rejected <= REJECTS_LOGGED or session.rejected % REJECTS_LOG_EVERY == 0:
+            log.warning(event, agent=session.name, rejected=session.rejected, **fields)
+
     async def _handle(self, session: AgentSession, message: pb.AgentMessage) -> None:
         session.last_seen = time.monotonic()
         kind = message.WhichOneof("kind")
@@ -169,9 +268,14 @@ class AgentService(rpc.AgentServiceServicer):
                 session.draining = True
             return
         if kind != "step":
-            log.warning("agent_message_unexpected", agent=session.name, kind=kind)
+            self._rejected(session, "agent_message_unexpected", kind=kind)
             return
         ref = message.step.ref
+        where = {
+            "run_id": wire.clean_text(ref.run_id, 100),
+            "step_id": wire.clean_text(ref.step_id, 100),
+            "attempt": ref.attempt,
+        }
         if message.step.WhichOneof("kind") == "receive":
             receive = message.step.receive
             await self.coordinator.receive(
@@ -179,16 +283,21 @@ class AgentService(rpc.AgentServiceServicer):
                 ref.run_id,
                 ref.step_id,
                 ref.attempt,
-                receive.topic,
+                wire.clean_text(receive.topic, 200),
                 receive.after_index,
             )
             return
         try:
             event = step_event(ref, session.name, message.step)
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
-            log.warning("agent_message_malformed", agent=session.name, error=str(exc))
+        except wire.WireError as exc:
+            self._rejected(session, "agent_message_malformed", **where, error=str(exc))
             return
         verdict = await self.coordinator.report(session.name, ref.run_id, event)
+        if verdict == engine.FOREIGN:
+            # about a run or attempt never given to this agent: a forgery or a bug
+            self._rejected(session, "report_rejected", **where, verdict=verdict, type=event.type)
+        elif verdict != engine.ACCEPT:
+            log.debug("report_ignored", agent=session.name, **where, verdict=verdict)
         final = (engine.STEP_SUCCEEDED, engine.STEP_FAILED, engine.STEP_INTERRUPTED)
         if event.type in final and verdict != engine.FOREIGN:
             session.send(pb.CoordinatorMessage(ack=pb.ResultAck(ref=ref)))
@@ -242,6 +351,8 @@ class ControlService(rpc.ControlServiceServicer):
         if record is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(UnknownRunError(request.run_id)))
         state = await self.coordinator.run_state(request.run_id)
+        # TODO: each step's outputs fit a message, but many large ones together may not;
+        # clip or page outputs here before a run outgrows what GetRun can send.
         steps = []
         units = [
             (key, step)
@@ -404,11 +515,19 @@ class ControlService(rpc.ControlServiceServicer):
 
 
 def build_server(
-    coordinator: Coordinator, heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    coordinator: Coordinator,
+    policy: AccessPolicy | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    agent_service = AgentService(coordinator, heartbeat_interval_s)
-    rpc.add_AgentServiceServicer_to_server(agent_service, server)
+    policy = policy or AccessPolicy()
+    server = grpc.aio.server(
+        options=server_options(max_message_bytes),
+        interceptors=[ControlAuthInterceptor(policy)],
+    )
+    rpc.add_AgentServiceServicer_to_server(
+        AgentService(coordinator, policy, max_message_bytes, heartbeat_interval_s), server
+    )
     rpc.add_ControlServiceServicer_to_server(ControlService(coordinator), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

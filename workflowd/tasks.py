@@ -29,6 +29,10 @@ from workflowd.errors import TaskError, WorkflowError
 ENTRY_POINT_GROUP = "workflow.tasks"
 PROGRESS_INTERVAL_S = 0.1
 
+# What an agent runs when its configuration says nothing: the built-in plugins
+# that neither run commands nor change the host.
+SAFE_PLUGINS = ("noop", "sleep", "files.manifest", "manifest.compare")
+
 log = structlog.get_logger()
 
 
@@ -49,6 +53,9 @@ class Task:
     description: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]] = NoParams
     Outputs: ClassVar[type[BaseModel] | None] = None
+    # Plugins that run arbitrary commands or code set this: a host runs them
+    # only when its allow-list names them exactly, never through a glob.
+    requires_explicit_allow: ClassVar[bool] = False
 
     def run(self, ctx: StepContext, params: Any) -> Any:
         raise NotImplementedError
@@ -261,11 +268,27 @@ class StepLogger:
         self._emit("error", event, fields)
 
 
+def installed_plugins() -> frozenset[str]:
+    """Names of every plugin installed here, allowed or not."""
+    return frozenset(entry.name for entry in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def allows(allow: tuple[str, ...], name: str, explicit_only: bool) -> bool:
+    """Whether an allow-list admits a plugin: by glob, or by exact name when it must be."""
+    if explicit_only:
+        return name in allow
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in allow)
+
+
 def load_plugins(allow: tuple[str, ...] = ("*",)) -> dict[str, type[Task]]:
-    """Installed plugins whose names match one of the `allow` glob patterns."""
+    """Installed plugins that the `allow` globs admit.
+
+    A plugin that requires an explicit allow (one that runs commands) is
+    admitted only when `allow` names it exactly: `*` does not let it in.
+    """
     plugins: dict[str, type[Task]] = {}
     for entry in entry_points(group=ENTRY_POINT_GROUP):
-        if not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in allow):
+        if not allows(allow, entry.name, explicit_only=False):
             continue
         try:
             cls = entry.load()
@@ -274,6 +297,9 @@ def load_plugins(allow: tuple[str, ...] = ("*",)) -> dict[str, type[Task]]:
             continue
         if not (isinstance(cls, type) and issubclass(cls, Task)):
             log.error("plugin_not_a_task", plugin=entry.name, target=entry.value)
+            continue
+        if cls.requires_explicit_allow and not allows(allow, entry.name, explicit_only=True):
+            log.info("plugin_needs_explicit_allow", plugin=entry.name)
             continue
         plugins[entry.name] = cls
     return plugins

@@ -166,12 +166,14 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., step: _Optional[_Union[StepEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("coordinator_version", "heartbeat_interval_s")
+    __slots__ = ("coordinator_version", "heartbeat_interval_s", "max_message_bytes")
     COORDINATOR_VERSION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     coordinator_version: str
     heartbeat_interval_s: float
-    def __init__(self, coordinator_version: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+    max_message_bytes: int
+    def __init__(self, coordinator_version: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class StartStep(_message.Message):
     __slots__ = ("ref", "task", "params_json", "config_json", "rollback_on_failure")
