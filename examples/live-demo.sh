@@ -7,12 +7,13 @@ set -euo pipefail
 . "$(dirname "$0")/local-cluster.sh"
 
 start_workflowd
-start_agent prover --label role=prover
+start_agent prover --label role=prover --allow dh.prove
 ports=()
 for i in 1 2 3; do
     ports+=("$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')")
     canary=$([ "$i" = 1 ] && echo yes || echo no)
-    start_agent "web-$i" --label role=web --label "port=${ports[-1]}" --label "canary=$canary"
+    start_agent "web-$i" --allow web.deploy --label role=web --label "port=${ports[-1]}" \
+        --label "canary=$canary"
 done
 wait_agents 4
 workflowctl agents

@@ -27,7 +27,7 @@ def prover(cluster: Cluster, tmp_path: Path) -> tuple[Path, int]:
     secret, public = keypair()
     secret_file = tmp_path / "prover-secret"
     secret_file.write_text(str(secret))
-    cluster.start_agent("prover-host", "--label", "role=prover")
+    cluster.start_agent("prover-host", "--label", "role=prover", "--allow", "dh.prove")
     return secret_file, public
 
 
@@ -84,7 +84,7 @@ def web_hosts(cluster: Cluster):
     """Three agents labelled role=web, each with its own port; web-1 is the canary."""
     ports = {name: free_port() for name in ("web-1", "web-2", "web-3")}
     for name, port in ports.items():
-        labels = ["--label", "role=web", "--label", f"port={port}"]
+        labels = ["--allow", "web.deploy", "--label", "role=web", "--label", f"port={port}"]
         if name == "web-1":
             labels += ["--label", "canary=yes"]
         cluster.start_agent(name, *labels)

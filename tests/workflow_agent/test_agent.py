@@ -98,9 +98,10 @@ def test_held_results_are_held_to_a_new_smaller_limit(tmp_path: Path) -> None:
     fit are sent as failures instead of breaking the new stream."""
     subject = agent(tmp_path)
     key = ("r1", "s1", 1)
-    subject._held[key] = result_message(key, Outcome(True, {"blob": "x" * 100_000}))
+    subject._held.put(key, result_message(key, Outcome(True, {"blob": "x" * 100_000})))
 
     subject._adopt_limit(65_536)
 
-    assert subject._held[key].step.failed.error == "outputs_too_large"
+    (held,) = subject._held.messages()
+    assert held.step.failed.error == "outputs_too_large"
     assert subject.max_message_bytes == 65_536

@@ -48,7 +48,7 @@ def test_non_zero_exit_fails_with_status_and_details(tmp_path: Path) -> None:
 
     assert not outcome.ok
     assert outcome.message == "command exited with status 1: boom"
-    assert outcome.outputs["details"] == {"exit_code": 1, "stdout": "out\n", "stderr": "boom\n"}
+    assert outcome.details == {"exit_code": 1, "stdout": "out\n", "stderr": "boom\n"}
 
 
 def test_missing_program_is_a_clear_failure(tmp_path: Path) -> None:
