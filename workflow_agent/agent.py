@@ -101,12 +101,15 @@ def _outcome(outcome: Outcome) -> str:
 
 # Run and step ids name directories under the work dir: nothing that climbs out.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+# a step id, or a fan-out instance: the step id and its agent's name in brackets
+_STEP_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}(\[[^\[\]\x00-\x1f]{1,200}\])?$")
+_UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def _start_problem(start: pb.StartStep) -> str:
     """Why a step start cannot be taken as it is, or ""."""
-    if not (_SAFE_ID.fullmatch(start.ref.run_id) and _SAFE_ID.fullmatch(start.ref.step_id)):
-        return "run and step ids must be letters, digits, '-' and '_'"
+    if not (_SAFE_ID.fullmatch(start.ref.run_id) and _STEP_KEY.fullmatch(start.ref.step_id)):
+        return "run and step ids must be letters, digits, '-' and '_' (and an agent in [])"
     try:
         config = json.loads(start.config_json or "{}")
     except (ValueError, RecursionError):
@@ -416,7 +419,9 @@ class Agent:
             self._finish(key, Outcome(False, error="invalid_message", message=problem))
             return
         loop = asyncio.get_running_loop()
-        scratch = self.work_dir / "scratch" / key[0] / f"{key[1]}-{key[2]}"
+        # an instance key holds an agent name, which may hold any printable character
+        directory = _UNSAFE_IN_PATH.sub("_", key[1])
+        scratch = self.work_dir / "scratch" / key[0] / f"{directory}-{key[2]}"
         ctx = StepContext(
             run_id=key[0],
             step_id=key[1],
