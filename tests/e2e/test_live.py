@@ -228,9 +228,9 @@ def test_when_false_skips_a_step(cluster: Cluster, write_flow) -> None:
 @pytest.mark.parametrize(
     ("expr", "message"),
     [
-        ("'a' * 1000000000", "too large"),
-        ("2 ** 100000000", "too large"),
-        ("inputs.__class__.__mro__", "reads undeclared input '__class__'"),
+        ("'a' * 1000000000", "refused by the sandbox: * would make more than 100000 items"),
+        ("2 ** 100000000", "expressions cannot use **"),
+        ("inputs.__class__.__mro__", "expressions cannot read private attributes"),
         ("lipsum()", "cannot call functions"),
         ("range(10)", "cannot call functions"),
         ("self", "unknown name 'self'"),
