@@ -288,7 +288,7 @@ def json_log(cluster: Cluster, name: str) -> list[dict]:
 
 def test_every_line_about_a_run_carries_its_context(cluster: Cluster, write_flow) -> None:
     """On both daemons every log line of a run has run_id, step_id and agent; no secret shows."""
-    cluster.start_agent("host-a")
+    cluster.start_agent("host-a", "--allow", "test.log")
 
     result = cluster.ctl("submit", "--follow", str(write_flow(LOGGING_FLOW)))
     assert result.code == 0, result.stdout + result.stderr
