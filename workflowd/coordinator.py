@@ -135,7 +135,7 @@ class Coordinator:
                 async with self._locks[record.run_id]:
                     await self._commit(record.run_id, local)
             log.info("run_recovered", run_id=record.run_id, status=state.status)
-            self._spawn(self.advance(record.run_id))
+            self._spawn(self._advance_guarded(record.run_id))
         self._ticker = asyncio.create_task(self._tick())
 
     async def stop(self) -> None:
@@ -184,7 +184,7 @@ class Coordinator:
             wake = engine.next_wake_ms(state, self.limits)
             on_lost = any(state.step(s).agent in lost for s in state.active())
             if on_lost or (wake is not None and wake <= wall):
-                await self.advance(run_id)
+                await self._advance_guarded(run_id)
 
     def _lost(self, now: float) -> frozenset[str]:
         return frozenset(
@@ -294,7 +294,7 @@ class Coordinator:
             return stored.run_id, True
         self._states[stored.run_id] = await self._load(stored)
         log.info("run_submitted", run_id=stored.run_id, workflow=workflow.name)
-        await self.advance(stored.run_id)
+        await self._advance_guarded(stored.run_id)
         return stored.run_id, False
 
     async def cancel(self, run_id: str, reason: str = "") -> str:
@@ -331,6 +331,14 @@ class Coordinator:
                 if not events:
                     break
                 await self._commit(run_id, events)
+
+    async def _advance_guarded(self, run_id: str) -> None:
+        """advance, for loops over many runs: one run's fault must not stop the others
+        (nor an agent's connection, nor a submit that is already stored)."""
+        try:
+            await self.advance(run_id)
+        except Exception:
+            log.exception("advance_failed", run_id=run_id)
 
     async def _commit(self, run_id: str, events: list[Event]) -> RunState:
         """Store events, apply them, carry out their effects. Caller holds the run lock."""
@@ -729,7 +737,7 @@ class Coordinator:
         )
         await self._stop_unwanted(session, running)
         for run_id in list(self._states):
-            await self.advance(run_id)
+            await self._advance_guarded(run_id)
 
     async def _stop_unwanted(self, session: AgentSession, running: set[AttemptKey]) -> None:
         """Attempts an agent still runs that no run waits for any more are stopped."""

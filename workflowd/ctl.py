@@ -514,7 +514,7 @@ def status(client: Client, run_id: str, as_json: bool) -> None:
 
 
 @main.command(name="list")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
 @click.option(
     "--before", default="", metavar="RUN_ID", help="Page back: runs created before this one."
 )

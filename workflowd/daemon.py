@@ -125,7 +125,7 @@ async def serve(
         log.warning("control_api_open", reason="no TLS and no --control-token-file")
 
     try:
-        store = open_store(store_uri, wait_s=store_wait_s)
+        store = open_store(store_uri, wait_s=store_wait_s, exclusive=True)
         await store.open()
     except WorkflowError as exc:
         raise click.ClickException(str(exc)) from None

@@ -100,6 +100,31 @@ class InputSpec(_Frozen):
     def required(self) -> bool:
         return "default" not in self.model_fields_set
 
+    @model_validator(mode="after")
+    def _default_fits(self) -> InputSpec:
+        if self.default is not None and not _fits(self.default, self.type):
+            raise ValueError(f"default {self.default!r} is not of type {self.type}")
+        return self
+
+
+_PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "list": list,
+    "object": dict,
+}
+
+
+def _fits(value: Any, kind: str) -> bool:
+    """Whether a value is of an input type (booleans are not numbers, numbers are finite)."""
+    if isinstance(value, bool) != (kind == "boolean"):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return isinstance(value, _PYTHON_TYPES[kind])
+
 
 class Placement(_Frozen):
     """Where a step runs: the coordinator, one named agent, or any agent with labels."""
@@ -1157,10 +1182,13 @@ def _convert(raw: str, kind: str) -> Any:
             return False
         raise ValueError(f"expected a boolean, got {raw!r}")
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = json.loads(raw, parse_constant=_not_a_number)
+    except (ValueError, RecursionError):
         raise ValueError(f"expected {kind}, got {raw!r}") from None
-    expected = {"integer": int, "number": (int, float), "list": list, "object": dict}[kind]
-    if not isinstance(value, expected) or isinstance(value, bool):
+    if not _fits(value, kind) or (isinstance(value, float) and not math.isfinite(value)):
         raise ValueError(f"expected {kind}, got {raw!r}")
     return value
+
+
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not a number an input can hold")

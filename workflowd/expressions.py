@@ -238,7 +238,10 @@ def _evaluate_one(expr: str, context: Mapping[str, Any], step_ids: frozenset[str
         value = compiled(**context)
         if isinstance(value, Undefined):
             value._fail_with_undefined_error()
+        _require_data(value, expr)
         return value
+    except ExpressionError:
+        raise
     except UndefinedError as exc:
         raise ExpressionError(f"{expr!r}: {exc.message}") from None
     except SecurityError as exc:
@@ -247,6 +250,26 @@ def _evaluate_one(expr: str, context: Mapping[str, Any], step_ids: frozenset[str
         raise ExpressionError(f"{expr!r}: nested too deeply") from None
     except Exception as exc:  # noqa: BLE001 - any evaluation failure is the expression's fault
         raise ExpressionError(f"{expr!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _require_data(value: Any, expr: str) -> None:
+    """Refuse values that are not plain data: a method, a class, NaN cannot be stored or sent."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if item is None or isinstance(item, bool | int | str):
+            continue
+        if isinstance(item, float) and item == item and abs(item) != float("inf"):
+            continue
+        if isinstance(item, list | tuple):
+            pending.extend(item)
+        elif isinstance(item, Mapping) and all(isinstance(key, str) for key in item):
+            pending.extend(item.values())
+        else:
+            raise ExpressionError(
+                f"{expr!r} gives {type(item).__name__}, not data "
+                "(text, a number, a boolean, null, a list or a mapping)"
+            )
 
 
 def render(value: Any, context: Mapping[str, Any], step_ids: frozenset[str]) -> Any:

@@ -29,6 +29,8 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
+    # a second workflowd on the same address must fail to start, not share the port
+    ("grpc.so_reuseport", 0),
 ]
 
 

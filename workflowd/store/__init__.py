@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from workflowd.errors import StoreError
 from workflowd.store.base import AgentRecord, RunRecord, Store
 
 MONGODB_SCHEMES = ("mongodb://", "mongodb+srv://")
 
 
-def open_store(uri: str, wait_s: float = 0.0) -> Store:
+def open_store(uri: str, wait_s: float = 0.0, exclusive: bool = False) -> Store:
     """A store for a URI: `mongodb://HOST/DB`, `sqlite:///PATH` or a plain file path.
 
     `wait_s` bounds how long a networked store waits at start-up for its
@@ -20,7 +21,12 @@ def open_store(uri: str, wait_s: float = 0.0) -> Store:
         return MongoStore(uri, wait_s=wait_s)
     from workflowd.store.sqlite import SQLiteStore
 
-    return SQLiteStore(uri.removeprefix("sqlite://"))
+    scheme, separator, _ = uri.partition("://")
+    if separator and scheme != "sqlite":
+        raise StoreError(
+            f"unknown store {scheme}://; use sqlite:///PATH, a file path, or mongodb://HOST/DB"
+        )
+    return SQLiteStore(uri.removeprefix("sqlite://"), exclusive=exclusive)
 
 
 def describe(uri: str) -> str:

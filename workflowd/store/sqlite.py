@@ -8,6 +8,7 @@ committed with synchronous=FULL: a returned `append` survives a power cut.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -92,9 +93,11 @@ def _event(row: sqlite3.Row) -> Event:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, exclusive: bool = False) -> None:
         self.path = path
+        self.exclusive = exclusive  # hold a lock: no second coordinator on this file
         self._db: sqlite3.Connection | None = None
+        self._lock_file: Any = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -108,6 +111,8 @@ class SQLiteStore(Store):
     def _open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            if self.exclusive:
+                self._lock()
         try:
             db = sqlite3.connect(Path(self.path).expanduser(), isolation_level=None)
         except sqlite3.Error as exc:
@@ -129,10 +134,27 @@ class SQLiteStore(Store):
             )
         self._db = db
 
+    def _lock(self) -> None:
+        """Hold an exclusive lock beside the file: two coordinators on one store
+        would both drive its runs."""
+        lock_path = Path(f"{self.path}.lock").expanduser()
+        self._lock_file = lock_path.open("a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise StoreError(
+                f"another workflowd is using {self.path}; stop it first, or give this one "
+                "a store of its own (--store)"
+            ) from None
+
     async def close(self) -> None:
         if self._db is not None:
             await self._call(self._db.close)
             self._db = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the file releases the lock
+            self._lock_file = None
         self._thread.shutdown(wait=True)
 
     @property
