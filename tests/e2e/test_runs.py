@@ -166,3 +166,49 @@ def test_list_and_agents_show_what_happened(cluster: Cluster, write_flow) -> Non
             "running": 0,
         }
     ]
+
+
+def test_a_second_workflowd_on_the_same_port_or_store_refuses_to_start(cluster: Cluster) -> None:
+    """Starting workflowd again on a busy port, or on a store in use, fails with a clear error."""
+    import subprocess as sp
+
+    same_port = sp.run(
+        [
+            str(BIN / "workflowd"),
+            "--listen",
+            cluster.address,
+            "--store",
+            str(cluster.root / "o.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert same_port.returncode != 0
+    assert f"cannot listen on {cluster.address}" in same_port.stderr
+
+    from tests.cluster import free_port
+
+    same_store = sp.run(
+        [
+            str(BIN / "workflowd"),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--store",
+            str(cluster.store_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert same_store.returncode != 0
+    assert "another workflowd is using" in same_store.stderr
+
+
+def test_list_limit_out_of_range_is_a_usage_error(cluster: Cluster) -> None:
+    """list --limit -1 is refused as a usage error (exit 2), without a traceback."""
+    result = cluster.ctl("list", "--limit", "-1")
+    assert result.code == 2
+    assert "Traceback" not in result.stderr
