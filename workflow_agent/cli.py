@@ -37,6 +37,7 @@ def _labels(
     return labels
 
 
+# TODO: two agents on one host share this default; make it per agent name.
 def _default_work_dir() -> Path:
     base = os.environ.get("STATE_DIRECTORY")
     return Path(base) if base else Path.home() / ".local" / "state" / "workflow-agent"

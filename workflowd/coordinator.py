@@ -610,6 +610,7 @@ class Coordinator:
         await self.advance(run_id)
         return waiting
 
+    # TODO: coalesce progress reports before storing them; each is an event in the history now.
     def _rejected(self, verdict: str, agent: str, run_id: str, event: Event) -> str:
         """Log a report that changes nothing.
 

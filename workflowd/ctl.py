@@ -167,6 +167,7 @@ def _complete_run(ctx: click.Context, _param: click.Parameter, incomplete: str) 
     ]
 
 
+# TODO: follow a run across a workflowd restart (reconnect and go on from the last seq).
 def follow_run(client: Client, run_id: str, as_json: bool, follow: bool = True) -> int:
     """Print a run's history, then its live events; the exit code says how it ended."""
     console = Console(highlight=False, soft_wrap=True)
