@@ -313,6 +313,19 @@ def _summary(state: RunState, created_ms: int, updated_ms: int) -> pb.RunSummary
     )
 
 
+@contextlib.asynccontextmanager
+async def _refusals_as_status(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """The product's refusals of a control call, as statuses a client can act on."""
+    try:
+        yield
+    except UnknownRunError as exc:
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    except json.JSONDecodeError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the value is not JSON: {exc}")
+    except ResumeError as exc:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+
+
 class ControlService(rpc.ControlServiceServicer):
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
@@ -436,49 +449,31 @@ class ControlService(rpc.ControlServiceServicer):
     async def Cancel(
         self, request: pb.CancelRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelResponse:
-        try:
+        async with _refusals_as_status(context):
             status = await self.coordinator.cancel(request.run_id, request.reason)
-        except UnknownRunError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         return pb.CancelResponse(status=status)
 
     async def Resume(
         self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResumeResponse:
-        try:
+        async with _refusals_as_status(context):
             rerun = await self.coordinator.resume(request.run_id, request.from_step)
-        except UnknownRunError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except ResumeError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return pb.ResumeResponse(run_id=request.run_id, rerun_steps=rerun)
 
     async def UpdateConfig(
         self, request: pb.UpdateConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateConfigResponse:
-        try:
+        async with _refusals_as_status(context):
             value = json.loads(request.value_json) if request.value_json else None
             config = await self.coordinator.update_config(request.run_id, request.key, value)
-        except UnknownRunError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except json.JSONDecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"value is not JSON: {exc}")
-        except ResumeError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return pb.UpdateConfigResponse(config_json=json.dumps(config))
 
     async def Signal(
         self, request: pb.SignalRequest, context: grpc.aio.ServicerContext
     ) -> pb.SignalResponse:
-        try:
+        async with _refusals_as_status(context):
             payload = json.loads(request.payload_json) if request.payload_json else None
             waiting = await self.coordinator.signal(request.run_id, request.name, payload)
-        except UnknownRunError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except json.JSONDecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"payload is not JSON: {exc}")
-        except ResumeError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return pb.SignalResponse(waiting_steps=waiting)
 
     async def ListAgents(
