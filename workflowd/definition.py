@@ -100,12 +100,6 @@ class InputSpec(_Frozen):
     def required(self) -> bool:
         return "default" not in self.model_fields_set
 
-    @model_validator(mode="after")
-    def _default_fits(self) -> InputSpec:
-        if self.default is not None and not _fits(self.default, self.type):
-            raise ValueError(f"default {self.default!r} is not of type {self.type}")
-        return self
-
 
 _PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str,

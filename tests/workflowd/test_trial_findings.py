@@ -38,7 +38,9 @@ def test_an_input_default_must_fit_its_type():
     text = (
         "name: x\ninputs: {n: {type: integer, default: 'many'}}\nsteps:\n  - {id: a, task: noop}\n"
     )
-    with pytest.raises(DefinitionError, match=re.escape("f.yaml:2:13: inputs.n: default 'many'")):
+    with pytest.raises(
+        DefinitionError, match=re.escape("f.yaml:2:38: inputs.n.default: default 'many'")
+    ):
         definition.load(text, "f.yaml")
 
 
