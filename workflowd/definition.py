@@ -28,6 +28,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -224,24 +225,29 @@ class Workflow(_Frozen):
             raise ValueError("a workflow needs at least one step")
         return steps
 
+    # lookups by step id, built once: the engine asks them for every step on every decision
+    _ids: frozenset[str] = PrivateAttr(default=frozenset())
+    _by_id: dict[str, Step] = PrivateAttr(default_factory=dict)
+    _needs: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        # a duplicate id is refused later, with its place in the file; the first one counts
+        for index, step in enumerate(self.steps):
+            self._by_id.setdefault(step.id, step)
+            previous = (self.steps[index - 1].id,) if index else ()
+            self._needs.setdefault(step.id, step.needs if step.needs is not None else previous)
+        self._ids = frozenset(self._by_id)
+
     @property
     def step_ids(self) -> frozenset[str]:
-        return frozenset(step.id for step in self.steps)
+        return self._ids
 
     def step(self, step_id: str) -> Step:
-        for step in self.steps:
-            if step.id == step_id:
-                return step
-        raise KeyError(step_id)
+        return self._by_id[step_id]
 
     def dependencies(self, step_id: str) -> tuple[str, ...]:
         """The steps that must succeed first: `needs`, or else the previous step."""
-        for index, step in enumerate(self.steps):
-            if step.id == step_id:
-                if step.needs is not None:
-                    return step.needs
-                return (self.steps[index - 1].id,) if index else ()
-        raise KeyError(step_id)
+        return self._needs[step_id]
 
 
 # ----------------------------------------------------------------- pass 1: YAML

@@ -88,6 +88,10 @@ class StepState:
     finished_ms: int = 0
 
 
+# the state of a step that nothing has happened to yet; frozen, so shared
+_UNTOUCHED = StepState()
+
+
 @dataclass(frozen=True)
 class RunState:
     run_id: str
@@ -104,7 +108,7 @@ class RunState:
     last_seq: int = 0
 
     def step(self, step_id: str) -> StepState:
-        return self.steps.get(step_id, StepState())
+        return self.steps.get(step_id, _UNTOUCHED)
 
     @property
     def finished(self) -> bool:
@@ -324,6 +328,32 @@ def expression_context(state: RunState) -> dict[str, Any]:
     }
 
 
+class _LazyContext(Mapping[str, Any]):
+    """The expression context of a state, built the first time an expression reads it.
+
+    Most decisions render no expression at all (no `with`, no `when`), and
+    building the context copies every step's outputs.
+    """
+
+    def __init__(self, state: RunState) -> None:
+        self._state = state
+        self._built: dict[str, Any] | None = None
+
+    def _context(self) -> dict[str, Any]:
+        if self._built is None:
+            self._built = expression_context(self._state)
+        return self._built
+
+    def __getitem__(self, key: str) -> Any:
+        return self._context()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._context())
+
+    def __len__(self) -> int:
+        return len(self._context())
+
+
 def backoff_ms(run_id: str, step: Step, tries: int, key: str = "") -> int:
     """The wait before try `tries + 1`: doubling, capped, with jitter.
 
@@ -441,7 +471,7 @@ def decide(
 
     load: dict[str, int] = {}
     events = list(start)
-    context = expression_context(state)
+    context = _LazyContext(state)
     for step in state.workflow.steps:
         if step.fans_out and state.step(step.id).status == RUNNING:
             events += _dispatch_instances(state, step, agents, load, now_ms, context)
@@ -465,7 +495,7 @@ def _start_step(
     step: Step,
     agents: Sequence[AgentView],
     load: dict[str, int],
-    context: dict[str, Any],
+    context: Mapping[str, Any],
 ) -> Event | None:
     """A ready step: skip it, settle or wait for its signal, fan it out, or dispatch it."""
     current = state.step(step.id)
@@ -536,7 +566,7 @@ def _dispatch_instances(
     agents: Sequence[AgentView],
     load: dict[str, int],
     now_ms: int,
-    context: dict[str, Any],
+    context: Mapping[str, Any],
 ) -> list[Event]:
     keys = state.instances(step.id)
     statuses = [state.step(key).status for key in keys]
@@ -628,7 +658,7 @@ def _dispatch_or_wait(
     step: Step,
     agents: Sequence[AgentView],
     load: dict[str, int],
-    context: dict[str, Any],
+    context: Mapping[str, Any],
 ) -> Event | None:
     current = state.step(key)
     attempt = current.attempt + 1
