@@ -6,6 +6,17 @@ their effects happen (a step start sent to an agent, a local step begun, an
 abandoned attempt told to stop), and tail followers are woken. Nothing is
 acknowledged before it is stored.
 
+A step's final result is stored together with what the engine decides next
+(the next step's dispatch, the run's end): one transaction, one fsync, and
+the step start goes out as soon as it is durable.
+
+Reports that nobody is told about (a step started, its progress, its log
+lines) wait up to LINGER_S to be stored with the next write of their run, so
+that a short step's start, result and successor share one transaction. They
+are judged when they arrive and again when they are stored, and applied only
+once stored. A progress report still waiting is replaced by a newer one of
+the same attempt: the history keeps the latest fraction, not every one.
+
 A ticker watches the clock: agents that fell silent, attempts that ran out of
 time, retries whose backoff is over, steps that waited too long for an agent.
 """
@@ -16,9 +27,9 @@ import asyncio
 import json
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +47,11 @@ from workflowd.tasks import Report, StepContext, Task
 log = structlog.get_logger()
 
 FINAL_EVENTS = frozenset({engine.STEP_SUCCEEDED, engine.STEP_FAILED, engine.STEP_INTERRUPTED})
+# reports that change nothing anyone waits on: stored with the run's next write
+LAZY_EVENTS = frozenset({engine.STEP_STARTED, engine.STEP_PROGRESS, engine.STEP_LOG})
+LINGER_S = 0.005
+# decide rounds in one commit; a run needing more goes on in the next one
+MAX_ROUNDS = 100
 
 
 class Notifier:
@@ -91,6 +107,10 @@ class Coordinator:
         self._receivers: defaultdict[str, defaultdict[str, list[Receiver]]] = defaultdict(
             lambda: defaultdict(list)
         )
+        # run id -> reports waiting to be stored with the run's next write
+        self._lazy: dict[str, list[Event]] = {}
+        # run id -> (the config mapping, its JSON) for step starts
+        self._config_json: dict[str, tuple[Mapping[str, Any], str]] = {}
 
     # ------------------------------------------------------------ life cycle
 
@@ -130,6 +150,8 @@ class Coordinator:
         """Stop the clock and local steps; everything they did is already stored."""
         if self._ticker is not None:
             self._ticker.cancel()
+        for run_id in list(self._lazy):
+            await self._flush_lazy(run_id)
         for task, ctx in list(self._local.values()):
             ctx.stop("interrupt", "the coordinator is shutting down")
             task.cancel()
@@ -287,16 +309,45 @@ class Coordinator:
     async def advance(self, run_id: str) -> None:
         """Commit whatever the engine decides until it has nothing more to do."""
         async with self._locks[run_id]:
-            while (state := self._states.get(run_id)) is not None:
-                lost = self._lost(time.monotonic())
-                events = engine.decide(state, self.agents.views(), now_ms(), lost, self.limits)
-                if not events:
-                    break
-                await self._commit(run_id, events)
+            settled = False
+            while not settled and (state := self._states.get(run_id)) is not None:
+                events, settled = self._decisions(state)
+                if events:
+                    await self._commit(run_id, events)
+
+    def _decisions(self, state: RunState) -> tuple[list[Event], bool]:
+        """What the engine decides, round after round, until it has nothing more to add.
+
+        The rounds see the same agents, clock and lost agents; each round's
+        dispatches count towards the agents' load in the next. Also says
+        whether the engine had nothing more to add within MAX_ROUNDS.
+        """
+        lost = self._lost(time.monotonic())
+        now = now_ms()
+        views = self.agents.views()
+        decided: list[Event] = []
+        for _ in range(MAX_ROUNDS):
+            events = engine.decide(state, views, now, lost, self.limits)
+            if not events:
+                return decided, True
+            decided += events
+            state = engine.replay(state, _stamped(events, now))
+            if state.finished:
+                return decided, True
+            extra = Counter(e.agent for e in events if e.type == engine.STEP_DISPATCHED)
+            if extra:
+                views = [replace(v, running=v.running + extra[v.name]) for v in views]
+        return decided, False
 
     async def _commit(self, run_id: str, events: list[Event]) -> RunState:
-        """Store events, apply them, carry out their effects. Caller holds the run lock."""
+        """Store events, apply them, carry out their effects. Caller holds the run lock.
+
+        Reports of the run still waiting to be stored go first, in arrival order.
+        """
         before = self._states[run_id]
+        events = [*self._take_lazy(run_id, before), *events]
+        if not events:
+            return before
         status = engine.replay(before, events).status
         stored = await self.store.append(run_id, events, status)
         state = engine.replay(before, stored)
@@ -324,7 +375,51 @@ class Coordinator:
             self._states.pop(run_id, None)
             self._locks.pop(run_id, None)
             self._receivers.pop(run_id, None)
+            self._config_json.pop(run_id, None)
         return state
+
+    # ---------------------------------------------------- lingering reports
+
+    def _linger(self, run_id: str, event: Event) -> None:
+        """Keep a report to be stored with the run's next write, at the latest in LINGER_S."""
+        waiting = self._lazy.get(run_id)
+        if waiting is None:
+            waiting = self._lazy[run_id] = []
+            asyncio.get_running_loop().call_later(
+                LINGER_S, lambda: self._spawn(self._flush_lazy(run_id))
+            )
+        if event.type == engine.STEP_PROGRESS:
+            waiting[:] = [
+                e
+                for e in waiting
+                if not (
+                    e.type == engine.STEP_PROGRESS
+                    and (e.step_id, e.attempt) == (event.step_id, event.attempt)
+                )
+            ]
+        waiting.append(event)
+
+    def _take_lazy(self, run_id: str, state: RunState) -> list[Event]:
+        """The run's waiting reports that still belong to the attempts the run waits for."""
+        taken = []
+        for event in self._lazy.pop(run_id, ()):
+            if engine.judge(state, event.agent, event.step_id, event.attempt) != engine.ACCEPT:
+                continue  # the attempt ended or was given up on while the report waited
+            if event.type == engine.STEP_STARTED:
+                if state.step(event.step_id).status != engine.DISPATCHED:
+                    continue
+                state = engine.replay(state, [event])
+            taken.append(event)
+        return taken
+
+    async def _flush_lazy(self, run_id: str) -> None:
+        if run_id not in self._lazy:
+            return  # stored with another write already
+        async with self._locks[run_id]:
+            if run_id in self._states and self._lazy.get(run_id):
+                await self._commit(run_id, [])
+            else:
+                self._lazy.pop(run_id, None)
 
     def _log_event(self, run_id: str, event: Event) -> None:
         if event.type in (engine.STEP_PROGRESS, engine.STEP_LOG):
@@ -360,11 +455,19 @@ class Coordinator:
                     ref=pb.AttemptRef(run_id=run_id, step_id=event.step_id, attempt=event.attempt),
                     task=task_name,
                     params_json=json.dumps(params),
-                    config_json=json.dumps(dict(self._states[run_id].config)),
+                    config_json=self._config_text(run_id),
                     rollback_on_failure=final,
                 )
             )
         )
+
+    def _config_text(self, run_id: str) -> str:
+        """The run's configuration as JSON, encoded again only when it changed."""
+        config = self._states[run_id].config
+        cached = self._config_json.get(run_id)
+        if cached is None or cached[0] is not config:
+            cached = self._config_json[run_id] = (config, json.dumps(dict(config)))
+        return cached[1]
 
     def _stop_attempt(
         self, run_id: str, step_id: str, step: engine.StepState, reason: str, rollback: bool
@@ -397,11 +500,16 @@ class Coordinator:
         """Apply a report about a step attempt from an agent (or a local step).
 
         Returns the engine's verdict; the report is stored only when it is "accept".
+        A final result is stored with what the engine decides after it, and is
+        stored when this returns. A started, progress or log report is kept to
+        be stored with the run's next write (see LINGER_S).
         """
         if run_id not in self._states:
             # a finished or unknown run: nothing to change, whatever it says
             known = await self.store.get_run(run_id) is not None
             return self._rejected(engine.STALE if known else engine.FOREIGN, agent, run_id, event)
+        if event.type in LAZY_EVENTS:
+            return self._report_lazy(agent, run_id, event)
         async with self._locks[run_id]:
             state = self._states.get(run_id)
             if state is None:
@@ -409,17 +517,47 @@ class Coordinator:
             verdict = engine.judge(state, agent, event.step_id, event.attempt)
             if verdict != engine.ACCEPT:
                 return self._rejected(verdict, agent, run_id, event)
-            if event.type == engine.STEP_STARTED and state.step(event.step_id).status != (
-                engine.DISPATCHED
+            events = [event, *self._published(state, event)]
+            settled = True
+            if event.type in FINAL_EVENTS:
+                session = self.agents.get(agent)
+                if session is not None:
+                    session.running.discard((run_id, event.step_id, event.attempt))
+                decided, settled = self._decisions_after(state, events)
+                events += decided
+            await self._commit(run_id, events)
+        if event.type in FINAL_EVENTS:
+            self._forget_receivers(run_id, event.step_id, event.attempt)
+        if not settled:
+            await self.advance(run_id)
+        return verdict
+
+    def _decisions_after(self, state: RunState, events: list[Event]) -> tuple[list[Event], bool]:
+        """What the engine decides once `events` apply; none if deciding fails.
+
+        A result must be stored whatever happens: when deciding fails, the
+        result is stored alone, and advancing the run is tried again after it.
+        """
+        try:
+            return self._decisions(engine.replay(state, _stamped(events, now_ms())))
+        except Exception:
+            log.exception("decide_failed", run_id=state.run_id)
+            return [], False
+
+    def _report_lazy(self, agent: str, run_id: str, event: Event) -> str:
+        state = self._states[run_id]
+        verdict = engine.judge(state, agent, event.step_id, event.attempt)
+        if verdict != engine.ACCEPT:
+            return self._rejected(verdict, agent, run_id, event)
+        if event.type == engine.STEP_STARTED:
+            waiting = self._lazy.get(run_id, ())
+            if state.step(event.step_id).status != engine.DISPATCHED or any(
+                e.type == engine.STEP_STARTED
+                and (e.step_id, e.attempt) == (event.step_id, event.attempt)
+                for e in waiting
             ):
                 return engine.DUPLICATE
-            await self._commit(run_id, [event, *self._published(state, event)])
-        if event.type in FINAL_EVENTS:
-            session = self.agents.get(agent)
-            if session is not None:
-                session.running.discard((run_id, event.step_id, event.attempt))
-            self._forget_receivers(run_id, event.step_id, event.attempt)
-            await self.advance(run_id)
+        self._linger(run_id, event)
         return verdict
 
     def _published(self, state: RunState, event: Event) -> list[Event]:
@@ -670,6 +808,15 @@ class Coordinator:
             self._gone_since[session.name] = time.monotonic()
             await self.store.set_agent_connected(session.name, False)
             log.info("agent_disconnected", agent=session.name)
+
+
+def _stamped(events: list[Event], time_ms: int) -> list[Event]:
+    """Events as the store will number them, near enough: at this time, for deciding ahead.
+
+    The engine reads event times (when a step began waiting, when it
+    finished): events applied before they are stored need one.
+    """
+    return [replace(event, time_ms=time_ms) for event in events]
 
 
 def report_event(key: AttemptKey, agent: str, item: Report) -> Event:
