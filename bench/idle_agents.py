@@ -2,7 +2,8 @@
 
     python bench/idle_agents.py HOST:PORT --agents 1000 --per-channel 100 --prefix idle-a
 
-Each stream says hello with a distinct name (and the `noop` plugin), waits
+Each stream says hello with a distinct name and the plugins a real agent
+installed here would advertise (with their schemas), waits
 for the Welcome, then sends a heartbeat at the interval the Welcome gives,
 starting at a random offset so that the beats spread evenly over time. When
 every stream has its Welcome the process prints one JSON line with how long
@@ -25,8 +26,17 @@ import uvloop
 
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
+from workflowd.tasks import load_plugins
 
-PLUGINS = [pb.PluginInfo(name="noop", params_schema_json="{}", outputs_schema_json="{}")]
+PLUGINS = [
+    pb.PluginInfo(
+        name=name,
+        description=cls.description,
+        params_schema_json=json.dumps(cls.params_schema()),
+        outputs_schema_json=json.dumps(cls.outputs_schema()),
+    )
+    for name, cls in sorted(load_plugins().items())
+]
 BEAT = pb.AgentMessage(heartbeat=pb.Heartbeat())
 
 
@@ -43,23 +53,25 @@ class Fleet:
         self.stop = asyncio.Event()
 
     async def agent(self, stub: rpc.AgentServiceStub, index: int, gate: asyncio.Semaphore) -> None:
-        async with gate:
-            call = stub.Connect()
-            await call.write(
-                pb.AgentMessage(
-                    hello=pb.Hello(
-                        name=f"{self.prefix}-{index:05d}", plugins=PLUGINS, version="bench"
-                    )
+        call = None
+        try:
+            async with gate:
+                call = stub.Connect()
+                name = f"{self.prefix}-{index:05d}"
+                hello = pb.Hello(
+                    name=name, labels={"role": "idle"}, plugins=PLUGINS, version="bench"
                 )
-            )
-            first = await call.read()
-        if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
+                await call.write(pb.AgentMessage(hello=hello))
+                first = await call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
+                raise RuntimeError("no welcome")
+        except (grpc.aio.AioRpcError, RuntimeError):
             self.broken += 1
+            self._connected()
             return
         interval_s = first.welcome.heartbeat_interval_s or 5.0
         self.welcomed += 1
-        if self.welcomed == self.agents:
-            self.all_welcomed.set()
+        self._connected()
         reader = asyncio.ensure_future(self._drain(call))
         try:
             await asyncio.sleep(random.uniform(0, interval_s))  # noqa: S311 - spreading, not secrets
@@ -72,6 +84,10 @@ class Fleet:
         finally:
             reader.cancel()
             call.cancel()
+
+    def _connected(self) -> None:
+        if self.welcomed + self.broken == self.agents:
+            self.all_welcomed.set()
 
     async def _drain(self, call: grpc.aio.StreamStreamCall) -> None:
         while await call.read() is not grpc.aio.EOF:
@@ -101,7 +117,13 @@ class Fleet:
         stopper = asyncio.create_task(self.stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         print(
-            json.dumps({"welcomed": self.welcomed, "connect_s": time.monotonic() - started}),
+            json.dumps(
+                {
+                    "welcomed": self.welcomed,
+                    "broken": self.broken,
+                    "connect_s": time.monotonic() - started,
+                }
+            ),
             flush=True,
         )
         beats_at_ready = self.beats

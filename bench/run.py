@@ -642,7 +642,8 @@ def main() -> None:
         "--scale", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10_000]
     )
     parser.add_argument("--streams-per-channel", type=int, default=100)
-    parser.add_argument("--heartbeat-timeout-s", type=float, default=15.0)
+    # 30 s of silence: a heartbeat every 10 s, which one process can send for 10,000 streams
+    parser.add_argument("--heartbeat-timeout-s", type=float, default=30.0)
     parser.add_argument("--settle-s", type=float, default=3.0)
     parser.add_argument("--cpu-window-s", type=float, default=10.0)
     parser.add_argument("--tail-steps", type=int, default=4)
