@@ -152,6 +152,7 @@ class Agent:
         # give the stream a moment to carry the last reports and their acknowledgements
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained(), 2.0)
+        await self._held.flush()  # what is still held is on disk before the agent exits
         self._stopping.set()
 
     async def _drained(self) -> None:
@@ -343,8 +344,6 @@ class Agent:
                     message=f"task {start.task} is not installed or not allowed on {self.name}",
                 )
             else:
-                ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
-                ctx.state_dir.mkdir(parents=True, exist_ok=True)
                 params = json.loads(start.params_json or "{}")
                 outcome = await execute(plugin(), ctx, params, start.rollback_on_failure)
         except Exception as exc:  # noqa: BLE001 - a step's crash must not take the agent down

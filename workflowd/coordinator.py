@@ -24,6 +24,7 @@ time, retries whose backoff is over, steps that waited too long for an agent.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import tempfile
 import time
@@ -50,6 +51,8 @@ FINAL_EVENTS = frozenset({engine.STEP_SUCCEEDED, engine.STEP_FAILED, engine.STEP
 # reports that change nothing anyone waits on: stored with the run's next write
 LAZY_EVENTS = frozenset({engine.STEP_STARTED, engine.STEP_PROGRESS, engine.STEP_LOG})
 LINGER_S = 0.005
+# logged at debug: a step's outcome is logged at info, and the history has them all
+ROUTINE_EVENTS = frozenset({engine.STEP_DISPATCHED, engine.STEP_STARTED, engine.STEP_OUTPUT})
 # decide rounds in one commit; a run needing more goes on in the next one
 MAX_ROUNDS = 100
 
@@ -109,6 +112,9 @@ class Coordinator:
         )
         # run id -> reports waiting to be stored with the run's next write
         self._lazy: dict[str, list[Event]] = {}
+        # task name -> parameter schema, of agents seen and of local plugins (see catalog)
+        self._agent_schemas: dict[str, dict[str, Any]] | None = None
+        self._local_schemas: dict[str, dict[str, Any]] | None = None
         # run id -> (the config mapping, its JSON) for step starts
         self._config_json: dict[str, tuple[Mapping[str, Any], str]] = {}
 
@@ -188,7 +194,7 @@ class Coordinator:
         wall = now_ms()
         for run_id, state in list(self._states.items()):
             wake = engine.next_wake_ms(state, self.limits)
-            on_lost = any(state.step(s).agent in lost for s in state.active())
+            on_lost = bool(lost) and any(state.step(s).agent in lost for s in state.active())
             if on_lost or (wake is not None and wake <= wall):
                 await self.advance(run_id)
 
@@ -202,7 +208,7 @@ class Coordinator:
     # --------------------------------------------------------------- runs
 
     async def _load(self, record: RunRecord) -> RunState:
-        workflow = definition.load(record.source, record.filename)
+        workflow = _parsed(record.source, record.filename)
         state = engine.initial(record.run_id, workflow, record.inputs, record.config)
         after = 0
         while batch := await self.store.events(record.run_id, after, 5000):
@@ -219,22 +225,27 @@ class Coordinator:
         return await self._load(record)
 
     async def catalog(self) -> dict[str, dict[str, Any]]:
-        """Parameter schemas of every task known here or on any agent seen."""
-        schemas: dict[str, dict[str, Any]] = {}
-        for agent in await self.store.agents():
-            schemas.update({name: dict(schema) for name, schema in agent.plugins.items()})
-        for session in self.agents.sessions():
-            for name, info in session.plugins.items():
-                schemas[name] = json.loads(info.params_schema_json or "{}")
-        for name, cls in self.plugins.items():
-            schemas[name] = cls.params_schema()
-        return schemas
+        """Parameter schemas of every task known here or on any agent seen.
+
+        The agents' part is read from the store once, then kept up to date as
+        agents connect: every hello is stored, so the store holds nothing more.
+        """
+        if self._agent_schemas is None:
+            schemas: dict[str, dict[str, Any]] = {}
+            for agent in await self.store.agents():
+                schemas.update({name: dict(schema) for name, schema in agent.plugins.items()})
+            for session in self.agents.sessions():
+                schemas.update(_schemas(session))
+            self._agent_schemas = schemas
+        if self._local_schemas is None:
+            self._local_schemas = {name: cls.params_schema() for name, cls in self.plugins.items()}
+        return {**self._agent_schemas, **self._local_schemas}
 
     async def check(
         self, source: str, filename: str, inputs: Mapping[str, str]
     ) -> tuple[definition.Workflow, dict[str, Any]]:
         """Everything submit checks, without storing anything."""
-        workflow = definition.load(source, filename)
+        workflow = _parsed(source, filename)
         catalog = await self.catalog()
         issues = definition.check_tasks(workflow, catalog, source, filename)
         for index, step in enumerate(workflow.steps):
@@ -276,7 +287,11 @@ class Coordinator:
         if not created:
             log.info("run_submit_deduplicated", run_id=stored.run_id)
             return stored.run_id, True
-        self._states[stored.run_id] = await self._load(stored)
+        # the run as stored: its definition, and its one event numbered 1
+        state = engine.initial(stored.run_id, workflow, stored.inputs, stored.config)
+        self._states[stored.run_id] = engine.apply(
+            state, replace(first, seq=1, time_ms=stored.created_ms)
+        )
         log.info("run_submitted", run_id=stored.run_id, workflow=workflow.name)
         await self.advance(stored.run_id)
         return stored.run_id, False
@@ -331,6 +346,8 @@ class Coordinator:
             if not events:
                 return decided, True
             decided += events
+            if all(event.type in engine.QUIESCENT for event in events):
+                return decided, True  # another round would find nothing (the usual case)
             state = engine.replay(state, _stamped(events, now))
             if state.finished:
                 return decided, True
@@ -348,7 +365,7 @@ class Coordinator:
         events = [*self._take_lazy(run_id, before), *events]
         if not events:
             return before
-        status = engine.replay(before, events).status
+        status = engine.status_after(before.status, events)
         stored = await self.store.append(run_id, events, status)
         state = engine.replay(before, stored)
         self._states[run_id] = state
@@ -431,6 +448,8 @@ class Coordinator:
                 event.data.get("error") or event.data.get("reason") or event.data.get("step_id")
             )
             log.warning(event.type, run_id=run_id, reason=reason, **fields)
+        elif event.type in ROUTINE_EVENTS:
+            log.debug(event.type, run_id=run_id, **fields)
         else:
             log.info(event.type, run_id=run_id, **fields)
 
@@ -716,8 +735,6 @@ class Coordinator:
                 await self.report(
                     COORDINATOR, run_id, Event(engine.STEP_STARTED, step_id, attempt, COORDINATOR)
                 )
-                ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
-                ctx.state_dir.mkdir(parents=True, exist_ok=True)
                 outcome = await execute(self.plugins[task_name](), ctx, params, final)
                 # reports from worker threads were queued before execute returned
                 queue.put_nowait(None)
@@ -761,14 +778,14 @@ class Coordinator:
         if old is not None:
             log.warning("agent_replaced", agent=session.name)
             old.close()
+        schemas = _schemas(session)
+        if self._agent_schemas is not None:
+            self._agent_schemas.update(schemas)
         await self.store.save_agent(
             AgentRecord(
                 name=session.name,
                 labels=session.labels,
-                plugins={
-                    name: json.loads(info.params_schema_json or "{}")
-                    for name, info in session.plugins.items()
-                },
+                plugins=schemas,
                 version=session.version,
                 connected=True,
             )
@@ -808,6 +825,22 @@ class Coordinator:
             self._gone_since[session.name] = time.monotonic()
             await self.store.set_agent_connected(session.name, False)
             log.info("agent_disconnected", agent=session.name)
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed(source: str, filename: str) -> definition.Workflow:
+    """A definition, parsed and checked once for the many runs submitted from it.
+
+    The model is immutable, so runs can share it. A definition that is refused
+    raises every time, and is not kept.
+    """
+    return definition.load(source, filename)
+
+
+def _schemas(session: AgentSession) -> dict[str, dict[str, Any]]:
+    return {
+        name: json.loads(info.params_schema_json or "{}") for name, info in session.plugins.items()
+    }
 
 
 def _stamped(events: list[Event], time_ms: int) -> list[Event]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import jsonschema
@@ -28,7 +29,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -204,7 +204,7 @@ class Step(_Frozen):
             raise ValueError("strategy applies to fan-out steps (on: {labels: ..., all: true})")
         return self
 
-    @property
+    @cached_property
     def fans_out(self) -> bool:
         return self.on.all
 
@@ -225,22 +225,37 @@ class Workflow(_Frozen):
             raise ValueError("a workflow needs at least one step")
         return steps
 
-    # lookups by step id, built once: the engine asks them for every step on every decision
-    _ids: frozenset[str] = PrivateAttr(default=frozenset())
-    _by_id: dict[str, Step] = PrivateAttr(default_factory=dict)
-    _needs: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)
+    # Lookups built once per definition: the engine asks them for every step
+    # on every decision. (A duplicate id is refused later, with its place in
+    # the file; until then the first step with the id counts.)
 
-    def model_post_init(self, context: Any, /) -> None:
-        # a duplicate id is refused later, with its place in the file; the first one counts
-        for index, step in enumerate(self.steps):
-            self._by_id.setdefault(step.id, step)
-            previous = (self.steps[index - 1].id,) if index else ()
-            self._needs.setdefault(step.id, step.needs if step.needs is not None else previous)
-        self._ids = frozenset(self._by_id)
-
-    @property
+    @cached_property
     def step_ids(self) -> frozenset[str]:
-        return self._ids
+        return frozenset(step.id for step in self.steps)
+
+    @cached_property
+    def _by_id(self) -> dict[str, Step]:
+        found: dict[str, Step] = {}
+        for step in self.steps:
+            found.setdefault(step.id, step)
+        return found
+
+    @cached_property
+    def _needs(self) -> dict[str, tuple[str, ...]]:
+        found: dict[str, tuple[str, ...]] = {}
+        for index, step in enumerate(self.steps):
+            previous = (self.steps[index - 1].id,) if index else ()
+            found.setdefault(step.id, step.needs if step.needs is not None else previous)
+        return found
+
+    @cached_property
+    def task_steps(self) -> tuple[tuple[str, Step], ...]:
+        """(id, step) of the steps that run as one attempt: not wait steps, not fan-outs."""
+        return tuple((s.id, s) for s in self.steps if s.task is not None and not s.on.all)
+
+    @cached_property
+    def fanout_steps(self) -> tuple[Step, ...]:
+        return tuple(step for step in self.steps if step.on.all)
 
     def step(self, step_id: str) -> Step:
         return self._by_id[step_id]
@@ -539,7 +554,20 @@ def check_tasks(
     `schemas` maps task names to the JSON Schema of their parameters. Values
     holding expressions are checked once evaluated, at dispatch.
     """
+    issues = _task_issues(workflow, schemas, filename, {})
+    if not issues:
+        return []
+    # the file is read again only to place what is wrong in it
     _, positions = _parse_yaml(text, filename)
+    return _task_issues(workflow, schemas, filename, positions)
+
+
+def _task_issues(
+    workflow: Workflow,
+    schemas: Mapping[str, Mapping[str, Any]],
+    filename: str,
+    positions: Positions,
+) -> list[Issue]:
     issues = []
     for index, step in enumerate(workflow.steps):
         if step.task is None:

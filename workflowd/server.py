@@ -128,40 +128,42 @@ class AgentService(rpc.AgentServiceServicer):
                 )
             )
         )
+        # one task reads, one writes; the stream ends when either does
+        reader = asyncio.create_task(self._read(session, context))
         writer = asyncio.create_task(self._write(session, context))
         try:
-            while True:
-                reader = asyncio.ensure_future(context.read())
-                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-                if writer in done:
-                    reader.cancel()
-                    break
-                message = reader.result()
-                if message is grpc.aio.EOF:
-                    break
-                await self._handle(session, message)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - one agent's broken stream must not stop the daemon
-            bound.exception("agent_stream_failed")
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    bound.error("agent_stream_failed", exc_info=task.exception())
         finally:
-            writer.cancel()
+            for task in (reader, writer):
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await writer
+                await asyncio.gather(reader, writer, return_exceptions=True)
             await self.coordinator.agent_disconnected(session)
+
+    async def _read(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
+        while (message := await context.read()) is not grpc.aio.EOF:
+            session.last_seen = time.monotonic()
+            if message.WhichOneof("kind") == "heartbeat":
+                self._heartbeat(session, message.heartbeat)
+                continue
+            # A report being stored is seen through to the end even when the
+            # stream ends meanwhile: the store and the run's state must agree.
+            await asyncio.shield(self._handle(session, message))
 
     async def _write(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
         while (message := await session.outbox.get()) is not None:
             await context.write(message)
 
+    def _heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
+        if heartbeat.draining and not session.draining:
+            log.info("agent_draining", agent=session.name)
+            session.draining = True
+
     async def _handle(self, session: AgentSession, message: pb.AgentMessage) -> None:
-        session.last_seen = time.monotonic()
         kind = message.WhichOneof("kind")
-        if kind == "heartbeat":
-            if message.heartbeat.draining and not session.draining:
-                log.info("agent_draining", agent=session.name)
-                session.draining = True
-            return
         if kind != "step":
             log.warning("agent_message_unexpected", agent=session.name, kind=kind)
             return
