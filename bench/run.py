@@ -552,8 +552,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
         out.append(
             (
-                f"scale, {agents:,} idle agents: coordinator CPU % "
-                f"({_fmt(found['heartbeats_per_s'])} heartbeats/s)",
+                f"scale, {agents:,} idle agents: heartbeats/s (every "
+                f"{found['heartbeat_interval_s']:g} s); connecting all took s",
+                f"{_fmt(found['heartbeats_per_s'])}; {_fmt(found['connect_s'], 1)}",
+                "",
+                "",
+            )
+        )
+        out.append(
+            (
+                f"scale, {agents:,} idle agents: coordinator CPU % of one core",
                 _fmt(found["cpu_percent"], 1),
                 "",
                 "",
@@ -617,6 +625,19 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def compare(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Two runs side by side, each with its ratios to its own ping-pong."""
+    earlier = {measure: (value, ratio) for measure, value, ratio, _ in rows(before)}
+    lines = [
+        "| measure | before | ratio | after | ratio | target (after) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for measure, value, ratio, target in rows(after):
+        old_value, old_ratio = earlier.get(measure, ("", ""))
+        lines.append(f"| {measure} | {old_value} | {old_ratio} | {value} | {ratio} | {target} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -667,7 +688,18 @@ def main() -> None:
     parser.add_argument("--tail-reports", type=int, default=60)
     parser.add_argument("--celery-tasks", type=int, default=4000)
     parser.add_argument("--run-timeout-s", type=float, default=300.0)
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("BEFORE", "AFTER"),
+        help="print two results files side by side and exit",
+    )
     args = parser.parse_args()
+    if args.compare:
+        before, after = (json.loads(path.read_text()) for path in args.compare)
+        print(compare(before, after))
+        return
     sizes(args)
 
     # 10,000 agents over connections of 100 streams need few descriptors, but

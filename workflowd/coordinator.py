@@ -106,12 +106,17 @@ class Coordinator:
         self._gone_since: dict[str, float] = {}  # agent name -> monotonic time it went away
         self._background: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        # set once `start` has loaded the runs that were going: agents that connect
+        # earlier wait for it, or the attempts and results they hold would be
+        # checked against runs not loaded yet (and their results dropped as stale)
+        self._recovered = asyncio.Event()
         # run id -> topic -> steps waiting for a message there
         self._receivers: defaultdict[str, defaultdict[str, list[Receiver]]] = defaultdict(
             lambda: defaultdict(list)
         )
         # run id -> reports waiting to be stored with the run's next write
         self._lazy: dict[str, list[Event]] = {}
+        self._lazy_timers: dict[str, asyncio.TimerHandle] = {}
         # task name -> parameter schema, of agents seen and of local plugins (see catalog)
         self._agent_schemas: dict[str, dict[str, Any]] | None = None
         self._local_schemas: dict[str, dict[str, Any]] | None = None
@@ -150,6 +155,7 @@ class Coordinator:
                     await self._commit(record.run_id, local)
             log.info("run_recovered", run_id=record.run_id, status=state.status)
             self._spawn(self.advance(record.run_id))
+        self._recovered.set()
         self._ticker = asyncio.create_task(self._tick())
 
     async def stop(self) -> None:
@@ -234,12 +240,17 @@ class Coordinator:
             schemas: dict[str, dict[str, Any]] = {}
             for agent in await self.store.agents():
                 schemas.update({name: dict(schema) for name, schema in agent.plugins.items()})
-            for session in self.agents.sessions():
-                schemas.update(_schemas(session))
             self._agent_schemas = schemas
         if self._local_schemas is None:
             self._local_schemas = {name: cls.params_schema() for name, cls in self.plugins.items()}
-        return {**self._agent_schemas, **self._local_schemas}
+        # a session registered without a hello stored (tests do that) has no schemas
+        unknown = {
+            name: {}
+            for session in self.agents.sessions()
+            for name in session.plugins
+            if name not in self._agent_schemas
+        }
+        return {**unknown, **self._agent_schemas, **self._local_schemas}
 
     async def check(
         self, source: str, filename: str, inputs: Mapping[str, str]
@@ -402,7 +413,7 @@ class Coordinator:
         waiting = self._lazy.get(run_id)
         if waiting is None:
             waiting = self._lazy[run_id] = []
-            asyncio.get_running_loop().call_later(
+            self._lazy_timers[run_id] = asyncio.get_running_loop().call_later(
                 LINGER_S, lambda: self._spawn(self._flush_lazy(run_id))
             )
         if event.type == engine.STEP_PROGRESS:
@@ -419,6 +430,9 @@ class Coordinator:
     def _take_lazy(self, run_id: str, state: RunState) -> list[Event]:
         """The run's waiting reports that still belong to the attempts the run waits for."""
         taken = []
+        timer = self._lazy_timers.pop(run_id, None)
+        if timer is not None:
+            timer.cancel()  # stored now, with this write
         for event in self._lazy.pop(run_id, ()):
             if engine.judge(state, event.agent, event.step_id, event.attempt) != engine.ACCEPT:
                 continue  # the attempt ended or was given up on while the report waited
@@ -437,6 +451,7 @@ class Coordinator:
                 await self._commit(run_id, [])
             else:
                 self._lazy.pop(run_id, None)
+                self._lazy_timers.pop(run_id, None)
 
     def _log_event(self, run_id: str, event: Event) -> None:
         if event.type in (engine.STEP_PROGRESS, engine.STEP_LOG):
@@ -752,6 +767,7 @@ class Coordinator:
 
     async def agent_connected(self, session: AgentSession, hello: pb.Hello) -> None:
         """Reconcile what the agent says it has, then make it available for steps."""
+        await self._recovered.wait()
         running = {(r.run_id, r.step_id, r.attempt) for r in hello.running}
         held = {(r.run_id, r.step_id, r.attempt) for r in hello.held}
         session.running = set(running)
@@ -778,7 +794,7 @@ class Coordinator:
         if old is not None:
             log.warning("agent_replaced", agent=session.name)
             old.close()
-        schemas = _schemas(session)
+        schemas = _schemas(hello)
         if self._agent_schemas is not None:
             self._agent_schemas.update(schemas)
         await self.store.save_agent(
@@ -837,10 +853,8 @@ def _parsed(source: str, filename: str) -> definition.Workflow:
     return definition.load(source, filename)
 
 
-def _schemas(session: AgentSession) -> dict[str, dict[str, Any]]:
-    return {
-        name: json.loads(info.params_schema_json or "{}") for name, info in session.plugins.items()
-    }
+def _schemas(hello: pb.Hello) -> dict[str, dict[str, Any]]:
+    return {info.name: json.loads(info.params_schema_json or "{}") for info in hello.plugins}
 
 
 def _stamped(events: list[Event], time_ms: int) -> list[Event]:

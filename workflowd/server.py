@@ -116,7 +116,7 @@ class AgentService(rpc.AgentServiceServicer):
         session = AgentSession(
             name=hello.name,
             labels=dict(hello.labels),
-            plugins={info.name: info for info in hello.plugins},
+            plugins=frozenset(info.name for info in hello.plugins),
             version=hello.version,
         )
         bound = log.bind(agent=session.name)
