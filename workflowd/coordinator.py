@@ -11,11 +11,13 @@ A step's final result is stored together with what the engine decides next
 the step start goes out as soon as it is durable.
 
 Reports that nobody is told about (a step started, its progress, its log
-lines) wait up to LINGER_S to be stored with the next write of their run, so
-that a short step's start, result and successor share one transaction. They
-are judged when they arrive and again when they are stored, and applied only
-once stored. A progress report still waiting is replaced by a newer one of
-the same attempt: the history keeps the latest fraction, not every one.
+lines) are stored with the next write of their run: a step's start waits up
+to LINGER_S for it, so that a short step's start, result and successor share
+one transaction; progress and log lines go at the loop's next turn. They are
+judged when they arrive and again when they are stored, and applied only once
+stored. A progress report still waiting (while the run's previous write
+commits) is replaced by a newer one of the same attempt: under load the
+history keeps the latest fraction, not every one.
 
 A ticker watches the clock: agents that fell silent, attempts that ran out of
 time, retries whose backoff is over, steps that waited too long for an agent.
@@ -116,7 +118,7 @@ class Coordinator:
         )
         # run id -> reports waiting to be stored with the run's next write
         self._lazy: dict[str, list[Event]] = {}
-        self._lazy_timers: dict[str, asyncio.TimerHandle] = {}
+        self._lazy_timers: dict[str, asyncio.Handle] = {}
         # task name -> parameter schema, of agents seen and of local plugins (see catalog)
         self._agent_schemas: dict[str, dict[str, Any]] | None = None
         self._local_schemas: dict[str, dict[str, Any]] | None = None
@@ -410,11 +412,21 @@ class Coordinator:
 
     def _linger(self, run_id: str, event: Event) -> None:
         """Keep a report to be stored with the run's next write, at the latest in LINGER_S."""
-        waiting = self._lazy.get(run_id)
-        if waiting is None:
-            waiting = self._lazy[run_id] = []
-            self._lazy_timers[run_id] = asyncio.get_running_loop().call_later(
-                LINGER_S, lambda: self._spawn(self._flush_lazy(run_id))
+        waiting = self._lazy.setdefault(run_id, [])
+        timer = self._lazy_timers.get(run_id)
+        loop = asyncio.get_running_loop()
+        if event.type == engine.STEP_STARTED:
+            if timer is None:
+                self._lazy_timers[run_id] = loop.call_later(
+                    LINGER_S, lambda: self._spawn(self._flush_lazy(run_id))
+                )
+        elif timer is None or isinstance(timer, asyncio.TimerHandle):
+            # progress and log lines are for people watching: stored at once (with
+            # whatever else waits), not held back for a result that may be far off
+            if timer is not None:
+                timer.cancel()
+            self._lazy_timers[run_id] = loop.call_soon(
+                lambda: self._spawn(self._flush_lazy(run_id))
             )
         if event.type == engine.STEP_PROGRESS:
             waiting[:] = [

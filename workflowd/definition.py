@@ -254,6 +254,13 @@ class Workflow(_Frozen):
         return tuple((s.id, s) for s in self.steps if s.task is not None and not s.on.all)
 
     @cached_property
+    def plan(self) -> tuple[tuple[str, Step, bool, bool, tuple[str, ...]], ...]:
+        """(id, step, fans out, runs a task, needs) of every step, in order, for hot loops."""
+        return tuple(
+            (s.id, s, s.on.all, s.task is not None, self._needs[s.id]) for s in self.steps
+        )
+
+    @cached_property
     def fanout_steps(self) -> tuple[Step, ...]:
         return tuple(step for step in self.steps if step.on.all)
 

@@ -469,15 +469,15 @@ def _survey(state: RunState, now_ms: int) -> _Survey:
     found = _Survey()
     steps = state.steps
     done = DONE
-    for step in state.workflow.steps:
-        sid = step.id
-        current = steps.get(sid, _UNTOUCHED)
+    untouched = _UNTOUCHED
+    for sid, step, fans_out, runs_task, needs in state.workflow.plan:
+        current = steps.get(sid, untouched)
         status = current.status
-        if status == FAILED:
-            found.failed.append(sid)
-        if status not in done:
-            found.all_done = False
-        if step.fans_out:
+        if fans_out:
+            if status == FAILED:
+                found.failed.append(sid)
+            if status not in done:
+                found.all_done = False
             for key in state.instances(sid):
                 instance = steps[key].status
                 if instance in STEP_ACTIVE:
@@ -489,23 +489,28 @@ def _survey(state: RunState, now_ms: int) -> _Survey:
             if status == RUNNING or _ready(state, sid, step, now_ms):
                 found.candidates.append(step)
             continue
-        if step.task is not None:
-            if status in STEP_ACTIVE:
-                found.active.append((sid, step))
-                continue
-            if status == FAILED:
+        if status in done:
+            continue  # most steps of a long run: nothing to look at
+        found.all_done = False
+        if status == FAILED:
+            found.failed.append(sid)
+            if runs_task:
                 found.failed_units.append((sid, step))
-                continue
+            continue
+        if status in STEP_ACTIVE:
+            if runs_task:
+                found.active.append((sid, step))
+            continue
         if status == WAITING:
             found.waiting.append((sid, step))
-        if (
-            status in (PENDING, WAITING)
-            and now_ms >= current.not_before_ms
-            and all(
-                steps.get(dep, _UNTOUCHED).status in done
-                for dep in state.workflow.dependencies(sid)
-            )
-        ):
+        elif status != PENDING:
+            continue
+        if now_ms < current.not_before_ms:
+            continue
+        for dep in needs:
+            if steps.get(dep, untouched).status not in done:
+                break
+        else:
             found.candidates.append(step)
     return found
 
