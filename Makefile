@@ -34,7 +34,7 @@ proto: install  ## regenerate workflowd/rpc from proto/
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. \
 		--grpc_python_out=. proto/workflowd/rpc/workflow.proto
 
-bench: install  ## the benchmark suite (about 10 minutes): prints a table, writes bench/results/
+bench: install  ## the benchmark suite (about 5 minutes): prints a table, writes bench/results/
 	$(BIN)/pip install --quiet -e '.[bench]' || echo "bench: the Celery peer baseline needs celery and redis; it will be skipped"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
