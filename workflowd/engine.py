@@ -466,6 +466,9 @@ class _Survey:
 
 
 def _survey(state: RunState, now_ms: int) -> _Survey:
+    # TODO: keep these lists in RunState, updated as each event applies, so that
+    # a decision costs as much as what changed rather than a pass over every
+    # step (about 180 us at 500 steps on the benchmark machine).
     found = _Survey()
     steps = state.steps
     done = DONE

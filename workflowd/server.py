@@ -185,6 +185,9 @@ class AgentService(rpc.AgentServiceServicer):
             log.warning("agent_message_malformed", agent=session.name, error=str(exc))
             return
         verdict = await self.coordinator.report(session.name, ref.run_id, event)
+        # TODO: a step costs four messages (start and ack out, started and result
+        # in), and each costs more than the rest of the step's work: an ack riding
+        # on the next StartStep to the same agent needs a change to the protocol.
         final = (engine.STEP_SUCCEEDED, engine.STEP_FAILED, engine.STEP_INTERRUPTED)
         if event.type in final and verdict != engine.FOREIGN:
             session.send(pb.CoordinatorMessage(ack=pb.ResultAck(ref=ref)))
