@@ -33,7 +33,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
+def wait_for(
+    condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05
+) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()
@@ -41,7 +43,7 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
             return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval_s)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -207,6 +209,41 @@ def start_agent(
     else:
         argv = [sys.executable, str(BENCH / "probe_agent.py"), "--timings", str(probe), *common]
     return procs.spawn(f"agent-{name}", argv)
+
+
+@contextlib.contextmanager
+def profiled(procs: Procs, pid: int, out: Path | None, name: str) -> Iterator[None]:
+    """Sample a process with py-spy while the block runs, when `out` is a directory.
+
+    Writes NAME.txt, collapsed stacks (one line per stack with its sample
+    count), which flame graph tools read and `sort -k2 -n` ranks.
+    """
+    spy = BIN / "py-spy"
+    if out is None or not spy.exists():
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    sampler = procs.spawn(
+        f"py-spy-{name}",
+        [
+            str(spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            str(out / f"{name}.txt"),
+        ],
+    )
+    try:
+        yield
+    finally:
+        sampler.send_signal(signal.SIGINT)
+        sampler.wait(60)
 
 
 def sequential_flow(name: str, steps: int, task: str = "noop", on: str = "") -> str:

@@ -22,11 +22,15 @@ import sys
 import time
 
 import grpc
+import structlog
 import uvloop
 
 from workflowd.rpc import workflow_pb2 as pb
 from workflowd.rpc import workflow_pb2_grpc as rpc
 from workflowd.tasks import load_plugins
+
+# stdout carries the JSON lines the harness reads; anything logged goes to stderr
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 PLUGINS = [
     pb.PluginInfo(

@@ -84,13 +84,15 @@ def wait_runs(address: str, run_ids: list[str], timeout_s: float) -> list[pb.Run
             # a run id sorts by creation time: these runs are the newest ones
             runs = [
                 r
-                for r in stub.ListRuns(pb.ListRunsRequest(limit=1000), timeout=30).runs
+                for r in stub.ListRuns(pb.ListRunsRequest(limit=len(wanted)), timeout=30).runs
                 if r.run_id in wanted
             ]
             finished = [r for r in runs if r.status in FINISHED]
             return finished if len(finished) == len(wanted) else None
 
-        return common.wait_for(done, timeout_s, f"{len(wanted)} runs to finish")
+        # polled slowly: listing runs costs the coordinator CPU the runs need
+        # (the end is taken from the runs' own update times, not from the poll)
+        return common.wait_for(done, timeout_s, f"{len(wanted)} runs to finish", interval_s=0.5)
 
 
 def wait_agents(daemon: common.Daemon, count: int, timeout_s: float = 60) -> None:
@@ -176,9 +178,13 @@ def bench_throughput(args: argparse.Namespace, root: Path, store: str) -> dict[s
         pids = [daemon.pid, *(agent.pid for agent in agents)]
         cpu_before = [common.cpu_s(pid) for pid in pids]
         started_ms = time.time() * 1000
-        run_ids = submit_all(daemon.address, source, runs)
-        submitted_ms = time.time() * 1000
-        summaries = wait_runs(daemon.address, run_ids, args.run_timeout_s)
+        with (
+            common.profiled(procs, daemon.pid, args.profile, f"throughput-{store}"),
+            common.profiled(procs, agents[0].pid, args.profile, f"throughput-{store}-agent"),
+        ):
+            run_ids = submit_all(daemon.address, source, runs)
+            submitted_ms = time.time() * 1000
+            summaries = wait_runs(daemon.address, run_ids, args.run_timeout_s)
         cpu_after = [common.cpu_s(pid) for pid in pids]
         rss = common.rss_bytes(daemon.pid)
     ended_ms = max(s.updated_ms for s in summaries)
@@ -211,8 +217,12 @@ def bench_latency(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         daemon = common.start_workflowd(procs, f"sqlite://{root / 'workflowd.db'}")
         probe = common.start_agent(procs, daemon, "probe", "--label", "role=bench", probe=timings)
         wait_agents(daemon, 1)
-        [run_id] = submit_all(daemon.address, common.sequential_flow("latency", steps), 1)
-        [summary] = wait_runs(daemon.address, [run_id], args.run_timeout_s)
+        with (
+            common.profiled(procs, daemon.pid, args.profile, "latency"),
+            common.profiled(procs, probe.pid, args.profile, "latency-agent"),
+        ):
+            [run_id] = submit_all(daemon.address, common.sequential_flow("latency", steps), 1)
+            [summary] = wait_runs(daemon.address, [run_id], args.run_timeout_s)
         procs.stop(probe)
     data = json.loads(timings.read_text())
     starts, results = data["starts"], data["results"]
@@ -542,8 +552,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
         out.append(
             (
-                f"scale, {agents:,} idle agents: coordinator CPU % "
-                f"({_fmt(found['heartbeats_per_s'])} heartbeats/s)",
+                f"scale, {agents:,} idle agents: heartbeats/s (every "
+                f"{found['heartbeat_interval_s']:g} s); connecting all took s",
+                f"{_fmt(found['heartbeats_per_s'])}; {_fmt(found['connect_s'], 1)}",
+                "",
+                "",
+            )
+        )
+        out.append(
+            (
+                f"scale, {agents:,} idle agents: coordinator CPU % of one core",
                 _fmt(found["cpu_percent"], 1),
                 "",
                 "",
@@ -607,6 +625,19 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def compare(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Two runs side by side, each with its ratios to its own ping-pong."""
+    earlier = {measure: (value, ratio) for measure, value, ratio, _ in rows(before)}
+    lines = [
+        "| measure | before | ratio | after | ratio | target (after) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for measure, value, ratio, target in rows(after):
+        old_value, old_ratio = earlier.get(measure, ("", ""))
+        lines.append(f"| {measure} | {old_value} | {old_ratio} | {value} | {ratio} | {target} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -632,6 +663,13 @@ def main() -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="every benchmark at a trivial size")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="sample workflowd with py-spy during throughput and latency; stacks go to DIR",
+    )
     parser.add_argument("--pingpong-s", type=float, default=5.0)
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--runs", type=int, default=200)
@@ -650,7 +688,18 @@ def main() -> None:
     parser.add_argument("--tail-reports", type=int, default=60)
     parser.add_argument("--celery-tasks", type=int, default=4000)
     parser.add_argument("--run-timeout-s", type=float, default=300.0)
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("BEFORE", "AFTER"),
+        help="print two results files side by side and exit",
+    )
     args = parser.parse_args()
+    if args.compare:
+        before, after = (json.loads(path.read_text()) for path in args.compare)
+        print(compare(before, after))
+        return
     sizes(args)
 
     # 10,000 agents over connections of 100 streams need few descriptors, but

@@ -233,6 +233,7 @@ class Agent:
         # give the stream a moment to carry the last reports and their acknowledgements
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained(), 2.0)
+        await self._held.flush()  # what is still held is on disk before the agent exits
         self._stopping.set()
 
     async def _drained(self) -> None:
@@ -283,8 +284,8 @@ class Agent:
             self._adopt_limit(first.welcome.max_message_bytes)
 
             outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
-            for message in self._held.messages():
-                outbox.put_nowait(message)
+            for message in self._held.written():
+                outbox.put_nowait(message)  # the others go out once they are on disk
             for key, (_, ctx) in self._running.items():
                 # receives a previous stream carried are asked for again
                 for topic, after in ctx.pending_receives():
@@ -338,7 +339,7 @@ class Agent:
                     message=f"the result of {size} bytes exceeds the coordinator's limit of "
                     f"{self.max_message_bytes} bytes",
                 )
-                self._held.put(key, result_message(key, outcome, self.max_message_bytes))
+                self._keep_and_send(key, result_message(key, outcome, self.max_message_bytes))
 
     async def _write(
         self, call: grpc.aio.StreamStreamCall, outbox: asyncio.Queue[pb.AgentMessage]
@@ -478,8 +479,6 @@ class Agent:
         began = time.monotonic()
         self._send(_step(key, started=pb.StepStarted()))
         try:
-            ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
-            ctx.state_dir.mkdir(parents=True, exist_ok=True)
             params = json.loads(start.params_json or "{}")
             plugin = self.plugins[start.task]()
             outcome = await execute(plugin, ctx, params, start.rollback_on_failure)
@@ -506,6 +505,17 @@ class Agent:
                 reason=message.step.failed.message,
             )
         if outcome.error != "interrupted":
-            # kept on disk until acknowledged; an interruption is only news
-            self._held.put(key, message)
-        self._send(message)
+            # kept on disk until acknowledged, and sent once it is there
+            self._keep_and_send(key, message)
+        else:
+            self._send(message)  # an interruption is only news
+
+    def _keep_and_send(self, key: AttemptKey, message: pb.AgentMessage) -> None:
+        """Hold a result, and send it once it is on disk, unless it was replaced meanwhile."""
+        loop = asyncio.get_running_loop()
+
+        def send() -> None:
+            if self._held.get(key) is message:
+                self._send(message)
+
+        self._held.put(key, message).add_done_callback(lambda _: loop.call_soon_threadsafe(send))

@@ -6,6 +6,19 @@ their effects happen (a step start sent to an agent, a local step begun, an
 abandoned attempt told to stop), and tail followers are woken. Nothing is
 acknowledged before it is stored.
 
+A step's final result is stored together with what the engine decides next
+(the next step's dispatch, the run's end): one transaction, one fsync, and
+the step start goes out as soon as it is durable.
+
+Reports that nobody is told about (a step started, its progress, its log
+lines) are stored with the next write of their run: a step's start waits up
+to LINGER_S for it, so that a short step's start, result and successor share
+one transaction; progress and log lines go at the loop's next turn. They are
+judged when they arrive and again when they are stored, and applied only once
+stored. A progress report still waiting (while the run's previous write
+commits) is replaced by a newer one of the same attempt: under load the
+history keeps the latest fraction, not every one.
+
 A ticker watches the clock: agents that fell silent, attempts that ran out of
 time, retries whose backoff is over, steps that waited too long for an agent.
 """
@@ -16,7 +29,7 @@ import asyncio
 import json
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,6 +53,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 FINAL_EVENTS = frozenset({engine.STEP_SUCCEEDED, engine.STEP_FAILED, engine.STEP_INTERRUPTED})
+# reports that change nothing anyone waits on: stored with the run's next write
+LAZY_EVENTS = frozenset({engine.STEP_STARTED, engine.STEP_PROGRESS, engine.STEP_LOG})
+LINGER_S = 0.005
+DEFINITIONS_KEPT = 32  # parsed definitions kept for the next submit of the same source
+# logged at debug: a step's outcome is logged at info, and the history has them all
+ROUTINE_EVENTS = frozenset({engine.STEP_DISPATCHED, engine.STEP_STARTED, engine.STEP_OUTPUT})
+# decide rounds in one commit; a run needing more goes on in the next one
+MAX_ROUNDS = 100
 
 
 class Notifier:
@@ -92,6 +113,10 @@ class Coordinator:
         self._gone_since: dict[str, float] = {}  # agent name -> monotonic time it went away
         self._background: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        # set once `start` has loaded the runs that were going: agents that connect
+        # earlier wait for it, or the attempts and results they hold would be
+        # checked against runs not loaded yet (and their results dropped as stale)
+        self._recovered = asyncio.Event()
         # run id -> topic -> steps waiting for a message there
         self._receivers: defaultdict[str, defaultdict[str, list[Receiver]]] = defaultdict(
             lambda: defaultdict(list)
@@ -102,6 +127,16 @@ class Coordinator:
             metrics.track(self.run_statuses, lambda: len(self.agents.sessions()))
         # the largest message the server sends and receives; results must fit
         self.max_message_bytes = MAX_MESSAGE_BYTES
+        # run id -> reports waiting to be stored with the run's next write
+        self._lazy: dict[str, list[Event]] = {}
+        self._lazy_timers: dict[str, asyncio.Handle] = {}
+        # task name -> parameter schema, of agents seen and of local plugins (see catalog)
+        self._agent_schemas: dict[str, dict[str, Any]] | None = None
+        self._local_schemas: dict[str, dict[str, Any]] | None = None
+        # run id -> (the config mapping, its JSON) for step starts
+        self._config_json: dict[str, tuple[Mapping[str, Any], str]] = {}
+        # (source, file name, task schemas) -> definition, least recently used first
+        self._definitions: dict[tuple[str, str, str], definition.Workflow] = {}
 
     # ------------------------------------------------------------ life cycle
 
@@ -136,12 +171,15 @@ class Coordinator:
                     await self._commit(record.run_id, local)
             log.info("run_recovered", run_id=record.run_id, status=state.status)
             self._spawn(self._advance_guarded(record.run_id))
+        self._recovered.set()
         self._ticker = asyncio.create_task(self._tick())
 
     async def stop(self) -> None:
         """Stop the clock and local steps; everything they did is already stored."""
         if self._ticker is not None:
             self._ticker.cancel()
+        for run_id in list(self._lazy):
+            await self.store_waiting(run_id)
         for task, ctx in list(self._local.values()):
             ctx.stop("interrupt", "the coordinator is shutting down")
             task.cancel()
@@ -182,7 +220,7 @@ class Coordinator:
         wall = now_ms()
         for run_id, state in list(self._states.items()):
             wake = engine.next_wake_ms(state, self.limits)
-            on_lost = any(state.step(s).agent in lost for s in state.active())
+            on_lost = bool(lost) and any(state.step(s).agent in lost for s in state.active())
             if on_lost or (wake is not None and wake <= wall):
                 await self._advance_guarded(run_id)
 
@@ -196,13 +234,10 @@ class Coordinator:
     # --------------------------------------------------------------- runs
 
     async def _load(self, record: RunRecord) -> RunState:
-        # typed by the same task schemas as at submit; parsing runs off the event loop
+        # typed by the same task schemas as at submit
         # TODO: store the typed parameters with the run, so that a task schema that
         # changed since the submit cannot retype a plain scalar on recovery.
-        catalog = await self.catalog()
-        workflow = await asyncio.to_thread(
-            definition.load, record.source, record.filename, catalog
-        )
+        workflow = await self._definition(record.source, record.filename, await self.catalog())
         state = engine.initial(record.run_id, workflow, record.inputs, record.config)
         after = 0
         while batch := await self.store.events(record.run_id, after, 5000):
@@ -219,16 +254,26 @@ class Coordinator:
         return await self._load(record)
 
     async def catalog(self) -> dict[str, dict[str, Any]]:
-        """Parameter schemas of every task known here or on any agent seen."""
-        schemas: dict[str, dict[str, Any]] = {}
-        for agent in await self.store.agents():
-            schemas.update({name: dict(schema) for name, schema in agent.plugins.items()})
-        for session in self.agents.sessions():
-            for name, info in session.plugins.items():
-                schemas[name] = json.loads(info.params_schema_json or "{}")
-        for name, cls in self.plugins.items():
-            schemas[name] = cls.params_schema()
-        return schemas
+        """Parameter schemas of every task known here or on any agent seen.
+
+        The agents' part is read from the store once, then kept up to date as
+        agents connect: every hello is stored, so the store holds nothing more.
+        """
+        if self._agent_schemas is None:
+            schemas: dict[str, dict[str, Any]] = {}
+            for agent in await self.store.agents():
+                schemas.update({name: dict(schema) for name, schema in agent.plugins.items()})
+            self._agent_schemas = schemas
+        if self._local_schemas is None:
+            self._local_schemas = {name: cls.params_schema() for name, cls in self.plugins.items()}
+        # a session registered without a hello stored (tests do that) has no schemas
+        unknown = {
+            name: {}
+            for session in self.agents.sessions()
+            for name in session.plugins
+            if name not in self._agent_schemas
+        }
+        return {**unknown, **self._agent_schemas, **self._local_schemas}
 
     async def check(
         self, source: str, filename: str, inputs: Mapping[str, str]
@@ -239,16 +284,36 @@ class Coordinator:
         thread so that agents' streams and other calls are served meanwhile.
         """
         catalog = await self.catalog()
-        return await asyncio.to_thread(self._check, source, filename, inputs, catalog)
+        workflow = await self._definition(source, filename, catalog)
+        return await asyncio.to_thread(self._check, workflow, source, filename, inputs, catalog)
+
+    async def _definition(
+        self, source: str, filename: str, catalog: Mapping[str, Mapping[str, Any]]
+    ) -> definition.Workflow:
+        """A definition, parsed and checked once for the many runs submitted from it.
+
+        Parsing a large or hostile document takes CPU time: it runs in a worker
+        thread so that agents' streams and other calls are served meanwhile.
+        The model is immutable, so runs share it; it is kept per source and per
+        task schemas (they type its parameters). A refused one is not kept.
+        """
+        key = (source, filename, json.dumps(catalog, sort_keys=True))
+        found = self._definitions.pop(key, None)
+        if found is None:
+            found = await asyncio.to_thread(definition.load, source, filename, catalog)
+        self._definitions[key] = found  # the most recently used last
+        while len(self._definitions) > DEFINITIONS_KEPT:
+            del self._definitions[next(iter(self._definitions))]
+        return found
 
     def _check(
         self,
+        workflow: definition.Workflow,
         source: str,
         filename: str,
         inputs: Mapping[str, str],
         catalog: Mapping[str, Mapping[str, Any]],
     ) -> tuple[definition.Workflow, dict[str, Any]]:
-        workflow = definition.load(source, filename, catalog)
         issues = definition.check_tasks(workflow, catalog, source, filename)
         for index, step in enumerate(workflow.steps):
             if step.on.on_coordinator and step.task in catalog and step.task not in self.plugins:
@@ -292,7 +357,11 @@ class Coordinator:
         if not created:
             log.info("run_submit_deduplicated", run_id=stored.run_id)
             return stored.run_id, True
-        self._states[stored.run_id] = await self._load(stored)
+        # the run as stored: its definition, and its one event numbered 1
+        state = engine.initial(stored.run_id, workflow, stored.inputs, stored.config)
+        self._states[stored.run_id] = engine.apply(
+            state, replace(first, seq=1, time_ms=stored.created_ms)
+        )
         log.info("run_submitted", run_id=stored.run_id, workflow=workflow.name)
         await self._advance_guarded(stored.run_id)
         return stored.run_id, False
@@ -325,12 +394,37 @@ class Coordinator:
     async def advance(self, run_id: str) -> None:
         """Commit whatever the engine decides until it has nothing more to do."""
         async with self._locks[run_id]:
-            while (state := self._states.get(run_id)) is not None:
-                lost = self._lost(time.monotonic())
-                events = engine.decide(state, self.agents.views(), now_ms(), lost, self.limits)
-                if not events:
-                    break
-                await self._commit(run_id, events)
+            settled = False
+            while not settled and (state := self._states.get(run_id)) is not None:
+                events, settled = self._decisions(state)
+                if events:
+                    await self._commit(run_id, events)
+
+    def _decisions(self, state: RunState) -> tuple[list[Event], bool]:
+        """What the engine decides, round after round, until it has nothing more to add.
+
+        The rounds see the same agents, clock and lost agents; each round's
+        dispatches count towards the agents' load in the next. Also says
+        whether the engine had nothing more to add within MAX_ROUNDS.
+        """
+        lost = self._lost(time.monotonic())
+        now = now_ms()
+        views = self.agents.views()
+        decided: list[Event] = []
+        for _ in range(MAX_ROUNDS):
+            events = engine.decide(state, views, now, lost, self.limits)
+            if not events:
+                return decided, True
+            decided += events
+            if all(event.type in engine.QUIESCENT for event in events):
+                return decided, True  # another round would find nothing (the usual case)
+            state = engine.replay(state, _stamped(events, now))
+            if state.finished:
+                return decided, True
+            extra = Counter(e.agent for e in events if e.type == engine.STEP_DISPATCHED)
+            if extra:
+                views = [replace(v, running=v.running + extra[v.name]) for v in views]
+        return decided, False
 
     async def _advance_guarded(self, run_id: str) -> None:
         """advance, for loops over many runs: one run's fault must not stop the others
@@ -341,9 +435,15 @@ class Coordinator:
             log.exception("advance_failed", run_id=run_id)
 
     async def _commit(self, run_id: str, events: list[Event]) -> RunState:
-        """Store events, apply them, carry out their effects. Caller holds the run lock."""
+        """Store events, apply them, carry out their effects. Caller holds the run lock.
+
+        Reports of the run still waiting to be stored go first, in arrival order.
+        """
         before = self._states[run_id]
-        status = engine.replay(before, events).status
+        events = [*self._take_lazy(run_id, before), *events]
+        if not events:
+            return before
+        status = engine.status_after(before.status, events)
         written = time.perf_counter()
         stored = await self.store.append(run_id, events, status)
         if self.metrics is not None:
@@ -379,7 +479,66 @@ class Coordinator:
             self._states.pop(run_id, None)
             self._locks.pop(run_id, None)
             self._receivers.pop(run_id, None)
+            self._config_json.pop(run_id, None)
         return state
+
+    # ---------------------------------------------------- lingering reports
+
+    def _linger(self, run_id: str, event: Event) -> None:
+        """Keep a report to be stored with the run's next write, at the latest in LINGER_S."""
+        waiting = self._lazy.setdefault(run_id, [])
+        timer = self._lazy_timers.get(run_id)
+        loop = asyncio.get_running_loop()
+        if event.type == engine.STEP_STARTED:
+            if timer is None:
+                self._lazy_timers[run_id] = loop.call_later(
+                    LINGER_S, lambda: self._spawn(self.store_waiting(run_id))
+                )
+        elif timer is None or isinstance(timer, asyncio.TimerHandle):
+            # progress and log lines are for people watching: stored at once (with
+            # whatever else waits), not held back for a result that may be far off
+            if timer is not None:
+                timer.cancel()
+            self._lazy_timers[run_id] = loop.call_soon(
+                lambda: self._spawn(self.store_waiting(run_id))
+            )
+        if event.type == engine.STEP_PROGRESS:
+            waiting[:] = [
+                e
+                for e in waiting
+                if not (
+                    e.type == engine.STEP_PROGRESS
+                    and (e.step_id, e.attempt) == (event.step_id, event.attempt)
+                )
+            ]
+        waiting.append(event)
+
+    def _take_lazy(self, run_id: str, state: RunState) -> list[Event]:
+        """The run's waiting reports that still belong to the attempts the run waits for."""
+        taken = []
+        timer = self._lazy_timers.pop(run_id, None)
+        if timer is not None:
+            timer.cancel()  # stored now, with this write
+        for event in self._lazy.pop(run_id, ()):
+            if engine.judge(state, event.agent, event.step_id, event.attempt) != engine.ACCEPT:
+                continue  # the attempt ended or was given up on while the report waited
+            if event.type == engine.STEP_STARTED:
+                if state.step(event.step_id).status != engine.DISPATCHED:
+                    continue
+                state = engine.replay(state, [event])
+            taken.append(event)
+        return taken
+
+    async def store_waiting(self, run_id: str) -> None:
+        """Store now the run's reports that wait for its next write."""
+        if run_id not in self._lazy:
+            return  # stored with another write already
+        async with self._locks[run_id]:
+            if run_id in self._states and self._lazy.get(run_id):
+                await self._commit(run_id, [])
+            else:
+                self._lazy.pop(run_id, None)
+                self._lazy_timers.pop(run_id, None)
 
     def _log_event(self, run_id: str, event: Event) -> None:
         if event.type in (engine.STEP_PROGRESS, engine.STEP_LOG):
@@ -395,6 +554,8 @@ class Coordinator:
                 event.data.get("error") or event.data.get("reason") or event.data.get("step_id")
             )
             log.warning(event.type, run_id=run_id, reason=reason, **fields)
+        elif event.type in ROUTINE_EVENTS:
+            log.debug(event.type, run_id=run_id, **fields)
         else:
             log.info(event.type, run_id=run_id, **fields)
 
@@ -414,17 +575,20 @@ class Coordinator:
                 "dispatch_target_gone", run_id=run_id, step_id=event.step_id, agent=event.agent
             )
             return
-        state = self._states[run_id]
+        params_json = json.dumps(params)
+        config_json = self._config_text(run_id)
         message = pb.CoordinatorMessage(
             start=pb.StartStep(
                 ref=pb.AttemptRef(run_id=run_id, step_id=event.step_id, attempt=event.attempt),
                 task=task_name,
-                params_json=json.dumps(params),
-                config_json=json.dumps(dict(state.config)),
+                params_json=params_json,
+                config_json=config_json,
                 rollback_on_failure=final,
             )
         )
-        if (size := message.ByteSize()) > self.max_message_bytes:
+        # the texts are nearly all of it: the exact size is worked out only near the limit
+        near = len(params_json) + len(config_json) > self.max_message_bytes - 65536
+        if near and (size := message.ByteSize()) > self.max_message_bytes:
             # sent, it would break the agent's stream, and be sent again on reconnect
             failed = Event(
                 engine.STEP_FAILED,
@@ -441,6 +605,14 @@ class Coordinator:
             return
         session.running.add(key)
         session.send(message)
+
+    def _config_text(self, run_id: str) -> str:
+        """The run's configuration as JSON, encoded again only when it changed."""
+        config = self._states[run_id].config
+        cached = self._config_json.get(run_id)
+        if cached is None or cached[0] is not config:
+            cached = self._config_json[run_id] = (config, json.dumps(dict(config)))
+        return cached[1]
 
     def _stop_attempt(
         self, run_id: str, step_id: str, step: engine.StepState, reason: str, rollback: bool
@@ -472,14 +644,19 @@ class Coordinator:
     async def report(self, agent: str, run_id: str, event: Event) -> str:
         """Apply a report about a step attempt from an agent (or a local step).
 
-        Returns the engine's verdict; the result is stored when it is "accept".
+        Returns the engine's verdict; the report is stored only when it is "accept".
         Anything else changes nothing: a report about a run that does not exist,
         or about an attempt that was never given to `agent`, is "foreign".
+        A final result is stored with what the engine decides after it, and is
+        stored when this returns. A started, progress or log report is kept to
+        be stored with the run's next write (see LINGER_S).
         """
         if run_id not in self._states:
             # a finished or unknown run: nothing to change, whatever it says
             known = await self.store.get_run(run_id) is not None
             return self._rejected(engine.STALE if known else engine.FOREIGN, agent, run_id, event)
+        if event.type in LAZY_EVENTS:
+            return self._report_lazy(agent, run_id, event)
         async with self._locks[run_id]:
             state = self._states.get(run_id)
             if state is None:
@@ -487,17 +664,47 @@ class Coordinator:
             verdict = engine.judge(state, agent, event.step_id, event.attempt)
             if verdict != engine.ACCEPT:
                 return self._rejected(verdict, agent, run_id, event)
-            if event.type == engine.STEP_STARTED and state.step(event.step_id).status != (
-                engine.DISPATCHED
+            events = [event, *self._published(state, event)]
+            settled = True
+            if event.type in FINAL_EVENTS:
+                session = self.agents.get(agent)
+                if session is not None:
+                    session.running.discard((run_id, event.step_id, event.attempt))
+                decided, settled = self._decisions_after(state, events)
+                events += decided
+            await self._commit(run_id, events)
+        if event.type in FINAL_EVENTS:
+            self._forget_receivers(run_id, event.step_id, event.attempt)
+        if not settled:
+            await self.advance(run_id)
+        return verdict
+
+    def _decisions_after(self, state: RunState, events: list[Event]) -> tuple[list[Event], bool]:
+        """What the engine decides once `events` apply; none if deciding fails.
+
+        A result must be stored whatever happens: when deciding fails, the
+        result is stored alone, and advancing the run is tried again after it.
+        """
+        try:
+            return self._decisions(engine.replay(state, _stamped(events, now_ms())))
+        except Exception:
+            log.exception("decide_failed", run_id=state.run_id)
+            return [], False
+
+    def _report_lazy(self, agent: str, run_id: str, event: Event) -> str:
+        state = self._states[run_id]
+        verdict = engine.judge(state, agent, event.step_id, event.attempt)
+        if verdict != engine.ACCEPT:
+            return self._rejected(verdict, agent, run_id, event)
+        if event.type == engine.STEP_STARTED:
+            waiting = self._lazy.get(run_id, ())
+            if state.step(event.step_id).status != engine.DISPATCHED or any(
+                e.type == engine.STEP_STARTED
+                and (e.step_id, e.attempt) == (event.step_id, event.attempt)
+                for e in waiting
             ):
                 return engine.DUPLICATE
-            await self._commit(run_id, [event, *self._published(state, event)])
-        if event.type in FINAL_EVENTS:
-            session = self.agents.get(agent)
-            if session is not None:
-                session.running.discard((run_id, event.step_id, event.attempt))
-            self._forget_receivers(run_id, event.step_id, event.attempt)
-            await self.advance(run_id)
+        self._linger(run_id, event)
         return verdict
 
     def _published(self, state: RunState, event: Event) -> list[Event]:
@@ -668,8 +875,6 @@ class Coordinator:
                 await self.report(
                     COORDINATOR, run_id, Event(engine.STEP_STARTED, step_id, attempt, COORDINATOR)
                 )
-                ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
-                ctx.state_dir.mkdir(parents=True, exist_ok=True)
                 outcome = await execute(self.plugins[task_name](), ctx, params, final)
                 # reports from worker threads were queued before execute returned
                 queue.put_nowait(None)
@@ -688,6 +893,7 @@ class Coordinator:
 
     async def agent_connected(self, session: AgentSession, hello: pb.Hello) -> None:
         """Reconcile what the agent says it has, then make it available for steps."""
+        await self._recovered.wait()
         running = {(r.run_id, r.step_id, r.attempt) for r in hello.running}
         held = {(r.run_id, r.step_id, r.attempt) for r in hello.held}
         session.running = set(running)
@@ -717,14 +923,14 @@ class Coordinator:
         if old is not None:
             log.warning("agent_replaced", agent=session.name)
             old.close()
+        schemas = _schemas(hello)
+        if self._agent_schemas is not None:
+            self._agent_schemas.update(schemas)
         await self.store.save_agent(
             AgentRecord(
                 name=session.name,
                 labels=session.labels,
-                plugins={
-                    name: json.loads(info.params_schema_json or "{}")
-                    for name, info in session.plugins.items()
-                },
+                plugins=schemas,
                 version=session.version,
                 connected=True,
             )
@@ -770,6 +976,19 @@ def _storable(outcome: Outcome, limit_bytes: int) -> Outcome:
     """A local step's outcome held to the rules of the wire: it is read through it."""
     checked, text = for_wire(outcome, limit_bytes)
     return replace(checked, outputs=json.loads(text))
+
+
+def _schemas(hello: pb.Hello) -> dict[str, dict[str, Any]]:
+    return {info.name: json.loads(info.params_schema_json or "{}") for info in hello.plugins}
+
+
+def _stamped(events: list[Event], time_ms: int) -> list[Event]:
+    """Events as the store will number them, near enough: at this time, for deciding ahead.
+
+    The engine reads event times (when a step began waiting, when it
+    finished): events applied before they are stored need one.
+    """
+    return [replace(event, time_ms=time_ms) for event in events]
 
 
 def report_event(key: AttemptKey, agent: str, item: Report) -> Event:

@@ -228,7 +228,7 @@ class Step(_Frozen):
             raise ValueError("strategy applies to fan-out steps (on: {labels: ..., all: true})")
         return self
 
-    @property
+    @cached_property
     def fans_out(self) -> bool:
         return self.on.all
 
@@ -251,27 +251,51 @@ class Workflow(_Frozen):
             raise ValueError(f"a workflow has at most {MAX_STEPS} steps, not {len(steps)}")
         return steps
 
-    @cached_property
-    def _index(self) -> dict[str, int]:
-        index: dict[str, int] = {}
-        for position, step in enumerate(self.steps):
-            index.setdefault(step.id, position)
-        return index
+    # Lookups built once per definition: the engine asks them for every step
+    # on every decision. (A duplicate id is refused later, with its place in
+    # the file; until then the first step with the id counts.)
 
     @cached_property
     def step_ids(self) -> frozenset[str]:
-        return frozenset(self._index)
+        return frozenset(self._by_id)
+
+    @cached_property
+    def _by_id(self) -> dict[str, Step]:
+        found: dict[str, Step] = {}
+        for step in self.steps:
+            found.setdefault(step.id, step)
+        return found
+
+    @cached_property
+    def _needs(self) -> dict[str, tuple[str, ...]]:
+        found: dict[str, tuple[str, ...]] = {}
+        for index, step in enumerate(self.steps):
+            previous = (self.steps[index - 1].id,) if index else ()
+            found.setdefault(step.id, step.needs if step.needs is not None else previous)
+        return found
+
+    @cached_property
+    def task_steps(self) -> tuple[tuple[str, Step], ...]:
+        """(id, step) of the steps that run as one attempt: not wait steps, not fan-outs."""
+        return tuple((s.id, s) for s in self.steps if s.task is not None and not s.on.all)
+
+    @cached_property
+    def plan(self) -> tuple[tuple[str, Step, bool, bool, tuple[str, ...]], ...]:
+        """(id, step, fans out, runs a task, needs) of every step, in order, for hot loops."""
+        return tuple(
+            (s.id, s, s.on.all, s.task is not None, self._needs[s.id]) for s in self.steps
+        )
+
+    @cached_property
+    def fanout_steps(self) -> tuple[Step, ...]:
+        return tuple(step for step in self.steps if step.on.all)
 
     def step(self, step_id: str) -> Step:
-        return self.steps[self._index[step_id]]
+        return self._by_id[step_id]
 
     def dependencies(self, step_id: str) -> tuple[str, ...]:
         """The steps that must succeed first: `needs`, or else the previous step."""
-        index = self._index[step_id]
-        step = self.steps[index]
-        if step.needs is not None:
-            return step.needs
-        return (self.steps[index - 1].id,) if index else ()
+        return self._needs[step_id]
 
 
 # ----------------------------------------------------------------- pass 1: YAML
@@ -1097,7 +1121,20 @@ def check_tasks(
     `schemas` maps task names to the JSON Schema of their parameters. Values
     holding expressions are checked once evaluated, at dispatch.
     """
+    issues = _task_issues(workflow, schemas, filename, {})
+    if not issues:
+        return []
+    # the file is read again only to place what is wrong in it
     _, positions = _parse_yaml(text, filename)
+    return _task_issues(workflow, schemas, filename, positions)
+
+
+def _task_issues(
+    workflow: Workflow,
+    schemas: Mapping[str, Mapping[str, Any]],
+    filename: str,
+    positions: Positions,
+) -> list[Issue]:
     issues = []
     for index, step in enumerate(workflow.steps):
         if step.task is None:

@@ -18,7 +18,7 @@ class AgentSession:
 
     name: str
     labels: dict[str, str]
-    plugins: dict[str, pb.PluginInfo]
+    plugins: frozenset[str]  # names only: the schemas are stored, not kept per stream
     version: str
     running: set[AttemptKey] = field(default_factory=set)
     draining: bool = False  # shutting down: finishes what it runs, takes nothing new
@@ -26,6 +26,9 @@ class AgentSession:
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
+
+    def __post_init__(self) -> None:
+        self.plugins = frozenset(self.plugins)  # any iterable of names (a dict: its keys)
 
     def send(self, message: pb.CoordinatorMessage) -> None:
         self.outbox.put_nowait(message)
@@ -35,7 +38,7 @@ class AgentSession:
         self.outbox.put_nowait(None)
 
     def view(self) -> AgentView:
-        return AgentView(self.name, dict(self.labels), frozenset(self.plugins), len(self.running))
+        return AgentView(self.name, self.labels, self.plugins, len(self.running))
 
 
 class AgentRegistry:

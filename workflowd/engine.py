@@ -88,6 +88,10 @@ class StepState:
     finished_ms: int = 0
 
 
+# the state of a step that nothing has happened to yet; frozen, so shared
+_UNTOUCHED = StepState()
+
+
 @dataclass(frozen=True)
 class RunState:
     run_id: str
@@ -104,7 +108,7 @@ class RunState:
     last_seq: int = 0
 
     def step(self, step_id: str) -> StepState:
-        return self.steps.get(step_id, StepState())
+        return self.steps.get(step_id, _UNTOUCHED)
 
     @property
     def finished(self) -> bool:
@@ -112,6 +116,9 @@ class RunState:
 
     def units(self) -> Iterator[tuple[str, Step]]:
         """Everything that runs as an attempt: plain steps and fan-out instances."""
+        if not self.workflow.fanout_steps:
+            yield from self.workflow.task_steps
+            return
         for step in self.workflow.steps:
             if step.fans_out:
                 for key in self.instances(step.id):
@@ -300,6 +307,23 @@ def apply(state: RunState, event: Event) -> RunState:
     return _apply_run(state, event)
 
 
+_RUN_STATUS = {
+    RUN_STARTED: RUNNING,
+    RUN_SUCCEEDED: SUCCEEDED,
+    RUN_FAILED: FAILED,
+    RUN_CANCELLED: CANCELLED,
+    RUN_RESUMED: RUNNING,
+}
+
+
+def status_after(status: str, events: Sequence[Event]) -> str:
+    """The run's status once `events` apply: what `replay(...).status` says, for less."""
+    for event in events:
+        if not event.step_id:
+            status = _RUN_STATUS.get(event.type, status)
+    return status
+
+
 def replay(state: RunState, events: Sequence[Event]) -> RunState:
     for event in events:
         state = apply(state, event)
@@ -324,6 +348,32 @@ def expression_context(state: RunState) -> dict[str, Any]:
     }
 
 
+class _LazyContext(Mapping[str, Any]):
+    """The expression context of a state, built the first time an expression reads it.
+
+    Most decisions render no expression at all (no `with`, no `when`), and
+    building the context copies every step's outputs.
+    """
+
+    def __init__(self, state: RunState) -> None:
+        self._state = state
+        self._built: dict[str, Any] | None = None
+
+    def _context(self) -> dict[str, Any]:
+        if self._built is None:
+            self._built = expression_context(self._state)
+        return self._built
+
+    def __getitem__(self, key: str) -> Any:
+        return self._context()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._context())
+
+    def __len__(self) -> int:
+        return len(self._context())
+
+
 def backoff_ms(run_id: str, step: Step, tries: int, key: str = "") -> int:
     """The wait before try `tries + 1`: doubling, capped, with jitter.
 
@@ -337,13 +387,13 @@ def backoff_ms(run_id: str, step: Step, tries: int, key: str = "") -> int:
     return int(ceiling_s * (0.5 + 0.5 * fraction) * 1000)
 
 
-def _abandon(state: RunState, now_ms: int, lost: frozenset[str]) -> list[Event]:
+def _abandon(
+    state: RunState, active: list[tuple[str, Step]], now_ms: int, lost: frozenset[str]
+) -> list[Event]:
     """Give up on attempts whose agent is lost or whose time is up."""
     events = []
-    for key, step in state.units():
+    for key, step in active:
         current = state.step(key)
-        if current.status not in STEP_ACTIVE:
-            continue
         if current.agent in lost:
             message = f"agent {current.agent} stopped answering during attempt {current.attempt}"
             error = "agent_lost"
@@ -357,11 +407,11 @@ def _abandon(state: RunState, now_ms: int, lost: frozenset[str]) -> list[Event]:
     return events
 
 
-def _retries(state: RunState, now_ms: int) -> list[Event]:
+def _retries(state: RunState, failed: list[tuple[str, Step]], now_ms: int) -> list[Event]:
     events = []
-    for key, step in state.units():
+    for key, step in failed:
         current = state.step(key)
-        if current.status == FAILED and current.retryable and current.tries < step.retry.attempts:
+        if current.retryable and current.tries < step.retry.attempts:
             delay_ms = backoff_ms(state.run_id, step, current.tries, key)
             data = {
                 "delay_s": delay_ms / 1000,
@@ -374,32 +424,98 @@ def _retries(state: RunState, now_ms: int) -> list[Event]:
     return events
 
 
-def _expired(state: RunState, now_ms: int, limits: Limits) -> list[Event]:
+def _expired(
+    state: RunState, waiting: list[tuple[str, Step]], now_ms: int, limits: Limits
+) -> list[Event]:
     """Waits that went on too long: for an agent, or for a signal."""
     events = []
-    for step in state.workflow.steps:
-        keys = state.instances(step.id) if step.fans_out else [step.id]
-        for key in keys:
-            current = state.step(key)
-            if current.status != WAITING:
+    for key, step in waiting:
+        current = state.step(key)
+        waited_ms = now_ms - current.waiting_since_ms
+        if step.wait is not None:
+            if step.wait.timeout is None or waited_ms <= step.wait.timeout * 1000:
                 continue
-            waited_ms = now_ms - current.waiting_since_ms
-            if step.wait is not None:
-                if step.wait.timeout is None or waited_ms <= step.wait.timeout * 1000:
-                    continue
-                message = f"no signal {step.wait.signal!r} within {step.wait.timeout:g}s"
-                error = "signal_timeout"
-            elif waited_ms > limits.agent_wait_ms:
-                message = (
-                    f"gave up waiting after {limits.agent_wait_ms / 1000:g}s: "
-                    f"{current.waiting_reason}; resume the run once it can be placed"
-                )
-                error = "agent_unavailable"
-            else:
-                continue
-            data = {"error": error, "message": message, "retryable": False}
-            events.append(Event(STEP_FAILED, key, current.attempt, data=data))
+            message = f"no signal {step.wait.signal!r} within {step.wait.timeout:g}s"
+            error = "signal_timeout"
+        elif waited_ms > limits.agent_wait_ms:
+            message = (
+                f"gave up waiting after {limits.agent_wait_ms / 1000:g}s: "
+                f"{current.waiting_reason}; resume the run once it can be placed"
+            )
+            error = "agent_unavailable"
+        else:
+            continue
+        data = {"error": error, "message": message, "retryable": False}
+        events.append(Event(STEP_FAILED, key, current.attempt, data=data))
     return events
+
+
+@dataclass
+class _Survey:
+    """What one pass over a run's steps finds, in definition order.
+
+    Units are what runs as an attempt (plain steps, fan-out instances).
+    """
+
+    active: list[tuple[str, Step]] = field(default_factory=list)  # units dispatched or running
+    failed_units: list[tuple[str, Step]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # steps, instances not counted
+    waiting: list[tuple[str, Step]] = field(default_factory=list)  # units and wait steps
+    candidates: list[Step] = field(default_factory=list)  # ready, or fan-outs under way
+    all_done: bool = True
+
+
+def _survey(state: RunState, now_ms: int) -> _Survey:
+    # TODO: keep these lists in RunState, updated as each event applies, so that
+    # a decision costs as much as what changed rather than a pass over every
+    # step (about 180 us at 500 steps on the benchmark machine).
+    found = _Survey()
+    steps = state.steps
+    done = DONE
+    untouched = _UNTOUCHED
+    for sid, step, fans_out, runs_task, needs in state.workflow.plan:
+        current = steps.get(sid, untouched)
+        status = current.status
+        if fans_out:
+            if status == FAILED:
+                found.failed.append(sid)
+            if status not in done:
+                found.all_done = False
+            for key in state.instances(sid):
+                instance = steps[key].status
+                if instance in STEP_ACTIVE:
+                    found.active.append((key, step))
+                elif instance == FAILED:
+                    found.failed_units.append((key, step))
+                elif instance == WAITING:
+                    found.waiting.append((key, step))
+            if status == RUNNING or _ready(state, sid, step, now_ms):
+                found.candidates.append(step)
+            continue
+        if status in done:
+            continue  # most steps of a long run: nothing to look at
+        found.all_done = False
+        if status == FAILED:
+            found.failed.append(sid)
+            if runs_task:
+                found.failed_units.append((sid, step))
+            continue
+        if status in STEP_ACTIVE:
+            if runs_task:
+                found.active.append((sid, step))
+            continue
+        if status == WAITING:
+            found.waiting.append((sid, step))
+        elif status != PENDING:
+            continue
+        if now_ms < current.not_before_ms:
+            continue
+        for dep in needs:
+            if steps.get(dep, untouched).status not in done:
+                break
+        else:
+            found.candidates.append(step)
+    return found
 
 
 def decide(
@@ -417,39 +533,43 @@ def decide(
     if state.finished:
         return []
     start = [Event(RUN_STARTED)] if state.status == PENDING else []
+    found = _survey(state, now_ms)
 
-    if abandoned := _abandon(state, now_ms, lost):
+    if abandoned := _abandon(state, found.active, now_ms, lost):
         return start + abandoned
-    active = state.active()
     if state.cancel_requested:
-        return start + ([] if active else [Event(RUN_CANCELLED)])
-    if retries := _retries(state, now_ms):
+        return start + ([] if found.active else [Event(RUN_CANCELLED)])
+    if retries := _retries(state, found.failed_units, now_ms):
         return start + retries
     if settled := _settle_fanouts(state):
         return start + settled
 
-    failed = [s.id for s in state.workflow.steps if state.step(s.id).status == FAILED]
-    if failed:
-        if active:
+    if failed := found.failed:
+        if found.active:
             return start
         data = {"step_id": failed[0], "message": state.step(failed[0]).error, "failed": failed}
         return [*start, Event(RUN_FAILED, data=data)]
-    if all(state.step(s.id).status in DONE for s in state.workflow.steps):
+    if found.all_done:
         return [*start, Event(RUN_SUCCEEDED)]
-    if expired := _expired(state, now_ms, limits):
+    if expired := _expired(state, found.waiting, now_ms, limits):
         return start + expired
 
     load: dict[str, int] = {}
     events = list(start)
-    context = expression_context(state)
-    for step in state.workflow.steps:
+    context = _LazyContext(state)
+    for step in found.candidates:
         if step.fans_out and state.step(step.id).status == RUNNING:
             events += _dispatch_instances(state, step, agents, load, now_ms, context)
-        elif _ready(state, step.id, step, now_ms):
+        else:
             event = _start_step(state, step, agents, load, context)
             if event is not None:
                 events.append(event)
     return events
+
+
+# After events of only these kinds, `decide` on the new state has nothing to
+# add: every ready step was dispatched, and a dispatch readies no other step.
+QUIESCENT = frozenset({RUN_STARTED, STEP_DISPATCHED})
 
 
 def _ready(state: RunState, key: str, step: Step, now_ms: int) -> bool:
@@ -465,7 +585,7 @@ def _start_step(
     step: Step,
     agents: Sequence[AgentView],
     load: dict[str, int],
-    context: dict[str, Any],
+    context: Mapping[str, Any],
 ) -> Event | None:
     """A ready step: skip it, settle or wait for its signal, fan it out, or dispatch it."""
     current = state.step(step.id)
@@ -536,7 +656,7 @@ def _dispatch_instances(
     agents: Sequence[AgentView],
     load: dict[str, int],
     now_ms: int,
-    context: dict[str, Any],
+    context: Mapping[str, Any],
 ) -> list[Event]:
     keys = state.instances(step.id)
     statuses = [state.step(key).status for key in keys]
@@ -560,8 +680,8 @@ def _dispatch_instances(
 def _settle_fanouts(state: RunState) -> list[Event]:
     """A fan-out step ends once its instances have, or fails past max_failures."""
     events = []
-    for step in state.workflow.steps:
-        if not step.fans_out or state.step(step.id).status != RUNNING:
+    for step in state.workflow.fanout_steps:
+        if state.step(step.id).status != RUNNING:
             continue
         keys = state.instances(step.id)
         failed = [k for k in keys if state.step(k).status == FAILED]
@@ -628,7 +748,7 @@ def _dispatch_or_wait(
     step: Step,
     agents: Sequence[AgentView],
     load: dict[str, int],
-    context: dict[str, Any],
+    context: Mapping[str, Any],
 ) -> Event | None:
     current = state.step(key)
     attempt = current.attempt + 1

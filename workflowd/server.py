@@ -204,7 +204,7 @@ class AgentService(rpc.AgentServiceServicer):
         session = AgentSession(
             name=hello.name,
             labels=dict(hello.labels),
-            plugins={info.name: info for info in hello.plugins},
+            plugins=frozenset(info.name for info in hello.plugins),
             version=hello.version,
         )
         bound = log.bind(agent=session.name)
@@ -218,36 +218,44 @@ class AgentService(rpc.AgentServiceServicer):
                 )
             )
         )
+        # one task reads, one writes; the stream ends when either does
+        reader = asyncio.create_task(self._read(session, context))
         writer = asyncio.create_task(self._write(session, context))
         try:
-            while True:
-                reader = asyncio.ensure_future(context.read())
-                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-                if writer in done:
-                    reader.cancel()
-                    break
-                try:
-                    message = reader.result()
-                except DecodeError:
-                    # not a message at all: the stream cannot be trusted to carry more
-                    self._rejected(session, "agent_message_undecodable")
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT, "a message could not be decoded"
-                    )
-                if message is grpc.aio.EOF:
-                    break
-                await self._handle(session, message)
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AbortError:
-            raise
-        except Exception:  # noqa: BLE001 - one agent's broken stream must not stop the daemon
-            bound.exception("agent_stream_failed")
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                failure = None if task.cancelled() else task.exception()
+                if isinstance(failure, grpc.aio.AbortError):
+                    raise failure
+                if failure is not None:
+                    # one agent's broken stream must not stop the daemon
+                    bound.error("agent_stream_failed", exc_info=failure)
         finally:
-            writer.cancel()
+            for task in (reader, writer):
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await writer
+                await asyncio.gather(reader, writer, return_exceptions=True)
             await self.coordinator.agent_disconnected(session)
+
+    async def _read(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
+        while True:
+            try:
+                message = await context.read()
+            except DecodeError:
+                # not a message at all: the stream cannot be trusted to carry more
+                self._rejected(session, "agent_message_undecodable")
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "a message could not be decoded"
+                )
+            if message is grpc.aio.EOF:
+                return
+            session.last_seen = time.monotonic()
+            if message.WhichOneof("kind") == "heartbeat":
+                self._heartbeat(session, message.heartbeat)
+                continue
+            # A report being stored is seen through to the end even when the
+            # stream ends meanwhile: the store and the run's state must agree.
+            await asyncio.shield(self._handle(session, message))
 
     async def _write(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
         while (message := await session.outbox.get()) is not None:
@@ -259,14 +267,13 @@ class AgentService(rpc.AgentServiceServicer):
         if session.rejected <= REJECTS_LOGGED or session.rejected % REJECTS_LOG_EVERY == 0:
             log.warning(event, agent=session.name, rejected=session.rejected, **fields)
 
+    def _heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
+        if heartbeat.draining and not session.draining:
+            log.info("agent_draining", agent=session.name)
+            session.draining = True
+
     async def _handle(self, session: AgentSession, message: pb.AgentMessage) -> None:
-        session.last_seen = time.monotonic()
         kind = message.WhichOneof("kind")
-        if kind == "heartbeat":
-            if message.heartbeat.draining and not session.draining:
-                log.info("agent_draining", agent=session.name)
-                session.draining = True
-            return
         if kind != "step":
             self._rejected(session, "agent_message_unexpected", kind=kind)
             return
@@ -298,6 +305,9 @@ class AgentService(rpc.AgentServiceServicer):
             self._rejected(session, "report_rejected", **where, verdict=verdict, type=event.type)
         elif verdict != engine.ACCEPT:
             log.debug("report_ignored", agent=session.name, **where, verdict=verdict)
+        # TODO: a step costs four messages (start and ack out, started and result
+        # in), and each costs more than the rest of the step's work: an ack riding
+        # on the next StartStep to the same agent needs a change to the protocol.
         final = (engine.STEP_SUCCEEDED, engine.STEP_FAILED, engine.STEP_INTERRUPTED)
         if event.type in final and verdict != engine.FOREIGN:
             session.send(pb.CoordinatorMessage(ack=pb.ResultAck(ref=ref)))

@@ -11,7 +11,9 @@ block) or a coroutine function.
 from __future__ import annotations
 
 import asyncio
+import copy
 import fnmatch
+import functools
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -77,13 +79,19 @@ class Task:
 
     @classmethod
     def params_schema(cls) -> dict[str, Any]:
-        return cls.Params.model_json_schema()
+        return copy.deepcopy(_json_schema(cls.Params))
 
     @classmethod
     def outputs_schema(cls) -> dict[str, Any]:
         if cls.Outputs is None:
             return {"type": "object"}
         return cls.Outputs.model_json_schema()
+
+
+@functools.cache
+def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON Schema, worked out once: pydantic builds it anew on every call."""
+    return model.model_json_schema()
 
 
 # What a running step reports to its host, as (kind, a, b):
@@ -120,8 +128,9 @@ class StepContext:
         self.attempt = attempt
         self.host = host
         self.labels = MappingProxyType(dict(labels or {}))
-        self.scratch_dir = scratch_dir
-        self.state_dir = state_dir or scratch_dir
+        self._scratch_dir = scratch_dir
+        self._state_dir = state_dir or scratch_dir
+        self._made: set[Path] = set()
         self.report = report
         self.cancelled = threading.Event()
         # why the step is being stopped: "cancel" (rolls back when asked) or
@@ -137,6 +146,24 @@ class StepContext:
         self._asking: set[str] = set()
         self._last_progress_s = 0.0
         self.log = StepLogger(self)
+
+    # -- directories, made when a plugin first asks for them
+
+    @property
+    def scratch_dir(self) -> Path:
+        """This attempt's own directory (most steps never need one: made on first use)."""
+        return self._made_dir(self._scratch_dir)
+
+    @property
+    def state_dir(self) -> Path:
+        """A directory the host keeps across steps."""
+        return self._made_dir(self._state_dir)
+
+    def _made_dir(self, path: Path) -> Path:
+        if path not in self._made:
+            path.mkdir(parents=True, exist_ok=True)
+            self._made.add(path)
+        return path
 
     # -- progress and outputs
 

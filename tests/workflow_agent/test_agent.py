@@ -37,6 +37,8 @@ def sent_for(tmp_path: Path, message: pb.StartStep) -> list[pb.AgentMessage]:
         subject._outbox = asyncio.Queue()
         subject._start(message)
         assert not subject._running
+        await subject._held.flush()  # a result goes out once it is on disk
+        await asyncio.sleep(0.01)
         return [subject._outbox.get_nowait() for _ in range(subject._outbox.qsize())]
 
     return asyncio.run(scenario())
@@ -100,8 +102,16 @@ def test_held_results_are_held_to_a_new_smaller_limit(tmp_path: Path) -> None:
     key = ("r1", "s1", 1)
     subject._held.put(key, result_message(key, Outcome(True, {"blob": "x" * 100_000})))
 
-    subject._adopt_limit(65_536)
+    async def reconnect() -> None:
+        subject._adopt_limit(65_536)
+        await subject._held.flush()
+
+    asyncio.run(reconnect())
 
     (held,) = subject._held.messages()
     assert held.step.failed.error == "outputs_too_large"
     assert subject.max_message_bytes == 65_536
+    # and that is what a restarted agent would find on its disk
+    restarted = agent(tmp_path)
+    (kept,) = restarted._held.messages()
+    assert kept.step.failed.error == "outputs_too_large"

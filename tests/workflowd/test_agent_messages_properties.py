@@ -122,6 +122,7 @@ async def scenario(sequence: list[tuple]) -> Counter:
         store = open_store(f"sqlite://{Path(root) / 'store.db'}")
         await store.open()
         coordinator = Coordinator(store, {}, scratch_root=Path(root) / "scratch")
+        await coordinator.start()  # agents are let in once the runs are recovered
         service = AgentService(coordinator)
         info = pb.PluginInfo(name="sleep", params_schema_json=json.dumps(SLEEP.params_schema()))
         sessions = {}
@@ -132,10 +133,12 @@ async def scenario(sequence: list[tuple]) -> Counter:
         try:
             for sender, run, step_id, attempt, kind in sequence:
                 message = to_message(run_id if run == RUN else run, step_id, attempt, kind)
+                await coordinator.store_waiting(run_id)
                 before = await coordinator.run_state(run_id)
                 allowed = run == RUN and given_to(before, sender, step_id, attempt)
 
                 await service._handle(sessions[sender], message)
+                await coordinator.store_waiting(run_id)  # reports that linger, stored now
 
                 after = await coordinator.run_state(run_id)
                 outcome = "may change the run" if allowed else "must not change the run"

@@ -458,3 +458,37 @@ def test_unknown_event_type_only_advances_last_seq():
     after = apply(state, Event("something_new", "a", seq=7))
 
     assert after == replace(state, last_seq=7)
+
+
+def test_after_only_dispatches_deciding_again_adds_nothing() -> None:
+    """A decision of dispatches alone leaves nothing to decide: the coordinator stops there."""
+    run = Run(
+        "name: w\nsteps:\n"
+        "  - {id: a, task: noop, on: {labels: {role: web}}}\n"
+        "  - {id: b, task: noop, on: {labels: {role: web}}, needs: []}\n"
+        "  - {id: c, task: noop, on: {labels: {role: web}}}\n"
+    )
+    agents = [
+        AgentView("w1", {"role": "web"}, frozenset({"noop"})),
+        AgentView("w2", {"role": "web"}, frozenset({"noop"})),
+    ]
+    first = run.decide(agents)
+    assert {e.type for e in first} <= engine.QUIESCENT
+    assert decide(run.state, agents) == []
+    run.succeed("a")
+    run.succeed("b")
+    then = run.decide(agents)
+    assert [e.step_id for e in then] == ["c"]
+    assert decide(run.state, agents) == []
+
+
+def test_status_after_agrees_with_replay() -> None:
+    """The run status the coordinator stores is the one the fold of the events gives."""
+    run = Run("name: w\nsteps:\n  - {id: a, task: noop, on: {labels: {role: web}}}\n")
+    agents = [AgentView("w1", {"role": "web"}, frozenset({"noop"}))]
+    before = run.state
+    run.decide(agents)
+    run.succeed("a")
+    run.decide(agents)
+    assert engine.status_after(before.status, run.history) == replay(before, run.history).status
+    assert run.state.status == engine.SUCCEEDED

@@ -511,6 +511,10 @@ class MongoStore(Store):
         return None
 
     async def append(self, run_id: str, events: Sequence[Event], status: str) -> list[Event]:
+        # TODO: group commit as the SQLite store does: batches of several runs that
+        # wait together inserted with one insert_many (one journal commit), and the
+        # run's last_seq kept in memory (a wrong guess is renumbered by _write_batch),
+        # would cut an append from three round trips and two durable writes.
         run = await self._retry(
             "read_run", lambda: self._runs_latest.find_one({"_id": run_id}, {"last_seq": 1})
         )

@@ -1,8 +1,15 @@
 """The embedded store: one SQLite file in WAL mode, written from one thread.
 
-Every call runs on a single worker thread so that the event loop never blocks
-on disk and writes are serialised without locks of our own. Transactions are
-committed with synchronous=FULL: a returned `append` survives a power cut.
+Writes run on a single writer thread, so that the event loop never blocks on
+disk and writes are serialised without locks of our own; reads run on a
+thread and connection of their own, which WAL lets read while a write
+commits. Transactions are committed with synchronous=FULL: a returned
+`append` survives a power cut.
+
+Group commit: the writes that wait while a transaction commits go together
+into the next one, each under a savepoint of its own, so that one fsync makes
+all of them durable and a write that fails leaves the others unharmed. No
+write returns before the transaction holding it has committed.
 """
 
 from __future__ import annotations
@@ -11,8 +18,10 @@ import asyncio
 import fcntl
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +72,9 @@ CREATE TABLE IF NOT EXISTS agents (
 
 T = TypeVar("T")
 
+# The most writes one transaction carries: the first of them waits for the last.
+MAX_GROUP = 1000
+
 
 def _run(row: sqlite3.Row) -> RunRecord:
     return RunRecord(
@@ -92,27 +104,113 @@ def _event(row: sqlite3.Row) -> Event:
     )
 
 
+@dataclass
+class _Write:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # its caller was cancelled; the write stands all the same
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str, exclusive: bool = False) -> None:
         self.path = path
         self.exclusive = exclusive  # hold a lock: no second coordinator on this file
         self._db: sqlite3.Connection | None = None
         self._lock_file: Any = None
+        self._reader: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._read_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
+        self._pending_lock = threading.Lock()
+        self._pending: list[_Write] = []
+        self._flush_queued = False
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run on the writer thread, outside any group (opening, closing)."""
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a read on the reader's connection; it sees every write that has returned."""
+        if self._reader is None:
+            return await self._call(fn, self.db, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._read_thread, fn, self._reader, *args
+        )
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a write in the next group transaction; return once that has committed."""
+        loop = asyncio.get_running_loop()
+        write = _Write(fn, args, loop, loop.create_future())
+        with self._pending_lock:
+            self._pending.append(write)
+            queue = not self._flush_queued
+            self._flush_queued = True
+        if queue:
+            self._thread.submit(self._flush)
+        return await write.future
+
+    def _flush(self) -> None:
+        """On the writer thread: commit every waiting write in one transaction."""
+        with self._pending_lock:
+            group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+            if self._pending:
+                self._thread.submit(self._flush)
+            else:
+                self._flush_queued = False
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for write in group:
+                    db.execute("SAVEPOINT one_write")
+                    try:
+                        value = write.fn(*write.args)
+                    except Exception as exc:  # noqa: BLE001 - handed to the write's caller
+                        db.execute("ROLLBACK TO one_write")
+                        outcomes.append((False, exc))
+                    else:
+                        outcomes.append((True, value))
+                    db.execute("RELEASE one_write")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except Exception as exc:  # noqa: BLE001 - every write of the group failed with it
+            failed = exc if isinstance(exc, StoreError) else StoreError(f"SQLite store: {exc}")
+            outcomes = [(False, failed)] * len(group)
+        for write, (ok, value) in zip(group, outcomes, strict=True):
+            write.loop.call_soon_threadsafe(_settle, write.future, ok, value)
 
     # -- life cycle
 
     async def open(self) -> None:
         await self._call(self._open)
+        if self.path != ":memory:":
+            loop = asyncio.get_running_loop()
+            self._reader = await loop.run_in_executor(self._read_thread, self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(Path(self.path).expanduser(), isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
 
     def _open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
             if self.exclusive:
-                self._lock()
+                self._take_file_lock()
         try:
             db = sqlite3.connect(Path(self.path).expanduser(), isolation_level=None)
         except sqlite3.Error as exc:
@@ -134,7 +232,7 @@ class SQLiteStore(Store):
             )
         self._db = db
 
-    def _lock(self) -> None:
+    def _take_file_lock(self) -> None:
         """Hold an exclusive lock beside the file: two coordinators on one store
         would both drive its runs."""
         lock_path = Path(f"{self.path}.lock").expanduser()
@@ -149,12 +247,17 @@ class SQLiteStore(Store):
             ) from None
 
     async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._reader is not None:
+            await loop.run_in_executor(self._read_thread, self._reader.close)
+            self._reader = None
         if self._db is not None:
             await self._call(self._db.close)
             self._db = None
         if self._lock_file is not None:
             self._lock_file.close()  # closing the file releases the lock
             self._lock_file = None
+        self._read_thread.shutdown(wait=True)
         self._thread.shutdown(wait=True)
 
     @property
@@ -166,41 +269,34 @@ class SQLiteStore(Store):
     # -- runs and events
 
     async def create_run(self, run: RunRecord, events: Sequence[Event]) -> tuple[RunRecord, bool]:
-        return await self._call(self._create_run, run, events)
+        return await self._write(self._create_run, run, events)
 
     def _create_run(self, run: RunRecord, events: Sequence[Event]) -> tuple[RunRecord, bool]:
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if run.idempotency_key:
-                row = db.execute(
-                    "SELECT * FROM runs WHERE idempotency_key=?", (run.idempotency_key,)
-                ).fetchone()
-                if row is not None:
-                    db.execute("ROLLBACK")
-                    return _run(row), False
-            now = now_ms()
-            db.execute(
-                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,0)",
-                (
-                    run.run_id,
-                    run.name,
-                    run.status,
-                    run.source,
-                    run.filename,
-                    json.dumps(run.inputs),
-                    json.dumps(run.config),
-                    now,
-                    now,
-                    run.idempotency_key or None,
-                ),
-            )
-            self._insert_events(run.run_id, 0, events, now)
-            db.execute("UPDATE runs SET last_seq=? WHERE run_id=?", (len(events), run.run_id))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        if run.idempotency_key:
+            row = db.execute(
+                "SELECT * FROM runs WHERE idempotency_key=?", (run.idempotency_key,)
+            ).fetchone()
+            if row is not None:
+                return _run(row), False
+        now = now_ms()
+        db.execute(
+            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                run.run_id,
+                run.name,
+                run.status,
+                run.source,
+                run.filename,
+                json.dumps(run.inputs),
+                json.dumps(run.config),
+                now,
+                now,
+                run.idempotency_key or None,
+                len(events),
+            ),
+        )
+        self._insert_events(run.run_id, 0, events, now)
         row = db.execute("SELECT * FROM runs WHERE run_id=?", (run.run_id,)).fetchone()
         return _run(row), True
 
@@ -209,8 +305,7 @@ class SQLiteStore(Store):
     ) -> list[Event]:
         numbered = []
         rows = []
-        for offset, event in enumerate(events, start=1):
-            seq = last_seq + offset
+        for seq, event in enumerate(events, start=last_seq + 1):
             numbered.append(
                 Event(event.type, event.step_id, event.attempt, event.agent, event.data, seq, now)
             )
@@ -230,72 +325,35 @@ class SQLiteStore(Store):
         return numbered
 
     async def append(self, run_id: str, events: Sequence[Event], status: str) -> list[Event]:
-        return await self._call(self._append, run_id, events, status)
+        return await self._write(self._append, run_id, events, status)
 
     def _append(self, run_id: str, events: Sequence[Event], status: str) -> list[Event]:
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            row = db.execute("SELECT last_seq FROM runs WHERE run_id=?", (run_id,)).fetchone()
-            if row is None:
-                raise StoreError(f"no run {run_id}")
-            now = now_ms()
-            numbered = self._insert_events(run_id, row["last_seq"], events, now)
-            db.execute(
-                "UPDATE runs SET last_seq=?, status=?, updated_ms=? WHERE run_id=?",
-                (row["last_seq"] + len(events), status, now, run_id),
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        row = db.execute("SELECT last_seq FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no run {run_id}")
+        now = now_ms()
+        numbered = self._insert_events(run_id, row["last_seq"], events, now)
+        db.execute(
+            "UPDATE runs SET last_seq=?, status=?, updated_ms=? WHERE run_id=?",
+            (row["last_seq"] + len(events), status, now, run_id),
+        )
         return numbered
 
     async def events(self, run_id: str, after_seq: int = 0, limit: int = 1000) -> list[Event]:
-        return await self._call(self._events, run_id, after_seq, limit)
-
-    def _events(self, run_id: str, after_seq: int, limit: int) -> list[Event]:
-        rows = self.db.execute(
-            "SELECT * FROM events WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?",
-            (run_id, after_seq, limit),
-        ).fetchall()
-        return [_event(row) for row in rows]
+        return await self._read(_events, run_id, after_seq, limit)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        return await self._call(self._get_run, run_id)
-
-    def _get_run(self, run_id: str) -> RunRecord | None:
-        row = self.db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
-        return None if row is None else _run(row)
+        return await self._read(_get_run, run_id)
 
     async def list_runs(self, limit: int = 50, before_run_id: str = "") -> list[RunRecord]:
-        return await self._call(self._list_runs, limit, before_run_id)
-
-    def _list_runs(self, limit: int, before_run_id: str) -> list[RunRecord]:
-        # run ids sort by creation time, so the primary key pages the history
-        if before_run_id:
-            rows = self.db.execute(
-                "SELECT * FROM runs WHERE run_id<? ORDER BY run_id DESC LIMIT ?",
-                (before_run_id, limit),
-            )
-        else:
-            rows = self.db.execute("SELECT * FROM runs ORDER BY run_id DESC LIMIT ?", (limit,))
-        return [_run(row) for row in rows.fetchall()]
+        return await self._read(_list_runs, limit, before_run_id)
 
     async def runs_with_status(self, statuses: Iterable[str]) -> list[RunRecord]:
-        wanted = list(statuses)
-        return await self._call(self._runs_with_status, wanted)
-
-    def _runs_with_status(self, statuses: list[str]) -> list[RunRecord]:
-        marks = ",".join("?" * len(statuses))
-        rows = self.db.execute(
-            f"SELECT * FROM runs WHERE status IN ({marks}) ORDER BY run_id",  # noqa: S608 - marks only
-            statuses,
-        ).fetchall()
-        return [_run(row) for row in rows]
+        return await self._read(_runs_with_status, list(statuses))
 
     async def prune(self, finished_before_ms: int) -> int:
-        return await self._call(self._prune, finished_before_ms)
+        return await self._write(self._prune, finished_before_ms)
 
     def _prune(self, finished_before_ms: int) -> int:
         db = self.db
@@ -303,20 +361,13 @@ class SQLiteStore(Store):
         marks = ",".join("?" * len(finished))
         old = f"SELECT run_id FROM runs WHERE status IN ({marks}) AND updated_ms<?"  # noqa: S608 - marks only
         params = (*finished, finished_before_ms)
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute(f"DELETE FROM events WHERE run_id IN ({old})", params)  # noqa: S608 - marks only
-            removed = db.execute(f"DELETE FROM runs WHERE run_id IN ({old})", params).rowcount  # noqa: S608 - marks only
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return removed
+        db.execute(f"DELETE FROM events WHERE run_id IN ({old})", params)  # noqa: S608 - marks only
+        return db.execute(f"DELETE FROM runs WHERE run_id IN ({old})", params).rowcount  # noqa: S608 - marks only
 
     # -- agents
 
     async def save_agent(self, agent: AgentRecord) -> None:
-        await self._call(self._save_agent, agent)
+        await self._write(self._save_agent, agent)
 
     def _save_agent(self, agent: AgentRecord) -> None:
         self.db.execute(
@@ -332,26 +383,65 @@ class SQLiteStore(Store):
         )
 
     async def set_agent_connected(self, name: str, connected: bool) -> None:
-        await self._call(
-            lambda: self.db.execute(
-                "UPDATE agents SET connected=?, last_seen_ms=? WHERE name=?",
-                (int(connected), now_ms(), name),
-            )
+        await self._write(self._set_agent_connected, name, connected)
+
+    def _set_agent_connected(self, name: str, connected: bool) -> None:
+        self.db.execute(
+            "UPDATE agents SET connected=?, last_seen_ms=? WHERE name=?",
+            (int(connected), now_ms(), name),
         )
 
     async def agents(self) -> list[AgentRecord]:
-        return await self._call(self._agents)
+        return await self._read(_agents)
 
-    def _agents(self) -> list[AgentRecord]:
-        rows = self.db.execute("SELECT * FROM agents ORDER BY name").fetchall()
-        return [
-            AgentRecord(
-                name=row["name"],
-                labels=json.loads(row["labels_json"]),
-                plugins=json.loads(row["plugins_json"]),
-                version=row["version"],
-                connected=bool(row["connected"]),
-                last_seen_ms=row["last_seen_ms"],
-            )
-            for row in rows
-        ]
+
+# -- reads: each takes the connection it reads from
+
+
+def _events(db: sqlite3.Connection, run_id: str, after_seq: int, limit: int) -> list[Event]:
+    rows = db.execute(
+        "SELECT * FROM events WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?",
+        (run_id, after_seq, limit),
+    ).fetchall()
+    return [_event(row) for row in rows]
+
+
+def _get_run(db: sqlite3.Connection, run_id: str) -> RunRecord | None:
+    row = db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+    return None if row is None else _run(row)
+
+
+def _list_runs(db: sqlite3.Connection, limit: int, before_run_id: str) -> list[RunRecord]:
+    # run ids sort by creation time, so the primary key pages the history
+    if before_run_id:
+        rows = db.execute(
+            "SELECT * FROM runs WHERE run_id<? ORDER BY run_id DESC LIMIT ?",
+            (before_run_id, limit),
+        )
+    else:
+        rows = db.execute("SELECT * FROM runs ORDER BY run_id DESC LIMIT ?", (limit,))
+    return [_run(row) for row in rows.fetchall()]
+
+
+def _runs_with_status(db: sqlite3.Connection, statuses: list[str]) -> list[RunRecord]:
+    marks = ",".join("?" * len(statuses))
+    rows = db.execute(
+        f"SELECT * FROM runs WHERE status IN ({marks}) ORDER BY run_id",  # noqa: S608 - marks only
+        statuses,
+    ).fetchall()
+    return [_run(row) for row in rows]
+
+
+def _agents(db: sqlite3.Connection) -> list[AgentRecord]:
+    rows = db.execute("SELECT * FROM agents ORDER BY name").fetchall()
+    return [
+        AgentRecord(
+            name=row["name"],
+            labels=json.loads(row["labels_json"]),
+            plugins=json.loads(row["plugins_json"]),
+            version=row["version"],
+            connected=bool(row["connected"]),
+            last_seen_ms=row["last_seen_ms"],
+        )
+        for row in rows
+    ]
