@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -149,15 +150,28 @@ def hello_problem(hello: pb.Hello) -> str | None:
     for plugin in hello.plugins:
         if not plugin.name or len(plugin.name) > MAX_NAME_CHARS:
             return "a plugin without a proper name"
-        try:
-            schema = json.loads(plugin.params_schema_json or "{}")
-            if not isinstance(schema, dict):
-                raise ValueError("not an object")
-            jsonschema.Draft202012Validator.check_schema(schema)
-        except (ValueError, RecursionError, jsonschema.SchemaError) as exc:
-            first_line = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            return f"plugin {plugin.name}: the parameter schema is not a JSON Schema: {first_line}"
+        text = plugin.params_schema_json or "{}"
+        # a fleet's agents advertise the same few schemas: the usual ones are checked once
+        problem = _known_schema_problem(text) if len(text) <= 65536 else schema_problem(text)
+        if problem is not None:
+            return f"plugin {plugin.name}: the parameter schema is not a JSON Schema: {problem}"
     return None
+
+
+def schema_problem(text: str) -> str | None:
+    """What makes an advertised parameter schema unusable, or None."""
+    try:
+        schema = json.loads(text)
+        if not isinstance(schema, dict):
+            raise ValueError("not an object")
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except (ValueError, RecursionError, jsonschema.SchemaError) as exc:
+        return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return None
+
+
+# checking a schema against the meta-schema costs milliseconds
+_known_schema_problem = functools.lru_cache(maxsize=256)(schema_problem)
 
 
 class AgentService(rpc.AgentServiceServicer):
