@@ -49,6 +49,10 @@ def _step(key: AttemptKey, **kind: object) -> pb.AgentMessage:
     return pb.AgentMessage(step=pb.StepEvent(ref=_ref(key), **kind))
 
 
+# A step still running after this long is announced (StepStarted); the result
+# of one that ends sooner stands for its start.
+ANNOUNCE_AFTER_S = 0.02
+
 # Codes that say the coordinator refused this agent, not that the network failed.
 REFUSED_CODES = frozenset(
     {
@@ -162,6 +166,8 @@ class Agent:
         self._held = Outbox(work_dir / "outbox")
         self._held.load()
         self._running: dict[AttemptKey, tuple[asyncio.Task[None], StepContext]] = {}
+        # steps whose start is not announced yet: a short step's result says it
+        self._unannounced: dict[AttemptKey, asyncio.TimerHandle] = {}
         self._outbox: asyncio.Queue[pb.AgentMessage] | None = None
         self._stopping = asyncio.Event()
         self._draining = False
@@ -365,6 +371,10 @@ class Agent:
     def _handle(self, message: pb.CoordinatorMessage) -> None:
         kind = message.WhichOneof("kind")
         if kind == "start":
+            for ref in message.start.acks:
+                self._held.ack((ref.run_id, ref.step_id, ref.attempt))
+            if message.start.acks:
+                self._acked.set()
             self._start(message.start)
         elif kind == "cancel":
             cancel = message.cancel
@@ -377,8 +387,8 @@ class Agent:
                 ctx.stop("cancel", cancel.reason, cancel.rollback)
                 task.cancel()
         elif kind == "ack":
-            ref = message.ack.ref
-            self._held.ack((ref.run_id, ref.step_id, ref.attempt))
+            for ref in (message.ack.ref, *message.ack.more):
+                self._held.ack((ref.run_id, ref.step_id, ref.attempt))
             self._acked.set()
         elif kind == "config":
             config = json.loads(message.config.config_json)
@@ -450,7 +460,15 @@ class Agent:
             False, error="unknown_task", message=f"task {task} is not installed on {self.name}"
         )
 
+    def _announce(self, key: AttemptKey) -> None:
+        """Send a step's StepStarted, unless it went already."""
+        timer = self._unannounced.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+            self._send(_step(key, started=pb.StepStarted()))
+
     def _report(self, key: AttemptKey, item: Report) -> None:
+        self._announce(key)  # what a step reports comes after its start
         kind, first, second = item
         if kind == "progress":
             progress = pb.StepProgress(
@@ -477,7 +495,11 @@ class Agent:
         )
         bound = self.log.bind(run_id=key[0], step_id=key[1], attempt=key[2], task=start.task)
         began = time.monotonic()
-        self._send(_step(key, started=pb.StepStarted()))
+        # announced once the step has run for ANNOUNCE_AFTER_S, or reports something;
+        # a shorter step's result stands for its start (one message less per step)
+        self._unannounced[key] = asyncio.get_running_loop().call_later(
+            ANNOUNCE_AFTER_S, self._announce, key
+        )
         try:
             params = json.loads(start.params_json or "{}")
             plugin = self.plugins[start.task]()
@@ -496,6 +518,10 @@ class Agent:
     def _finish(self, key: AttemptKey, outcome: Outcome) -> None:
         """Hold the result until it is acknowledged, and send it."""
         message = result_message(key, outcome, self.max_message_bytes)
+        timer = self._unannounced.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+            message.step.implies_started = True
         if message.step.WhichOneof("kind") == "failed" and outcome.ok:
             self.log.warning(
                 "step_result_refused",

@@ -641,7 +641,9 @@ class Coordinator:
 
     # ------------------------------------------------------- step reports
 
-    async def report(self, agent: str, run_id: str, event: Event) -> str:
+    async def report(
+        self, agent: str, run_id: str, event: Event, implies_started: bool = False
+    ) -> str:
         """Apply a report about a step attempt from an agent (or a local step).
 
         Returns the engine's verdict; the report is stored only when it is "accept".
@@ -649,7 +651,9 @@ class Coordinator:
         or about an attempt that was never given to `agent`, is "foreign".
         A final result is stored with what the engine decides after it, and is
         stored when this returns. A started, progress or log report is kept to
-        be stored with the run's next write (see LINGER_S).
+        be stored with the run's next write (see LINGER_S). A final result that
+        `implies_started` (a short step whose agent did not announce its start)
+        is stored after the start it stands for.
         """
         if run_id not in self._states:
             # a finished or unknown run: nothing to change, whatever it says
@@ -665,6 +669,8 @@ class Coordinator:
             if verdict != engine.ACCEPT:
                 return self._rejected(verdict, agent, run_id, event)
             events = [event, *self._published(state, event)]
+            if implies_started and event.type in FINAL_EVENTS:
+                events = [*self._implied_start(run_id, state, event), *events]
             settled = True
             if event.type in FINAL_EVENTS:
                 session = self.agents.get(agent)
@@ -678,6 +684,16 @@ class Coordinator:
         if not settled:
             await self.advance(run_id)
         return verdict
+
+    def _implied_start(self, run_id: str, state: RunState, event: Event) -> list[Event]:
+        """The start a result stands for, unless it is known already."""
+        attempt = (event.step_id, event.attempt)
+        if state.step(event.step_id).status != engine.DISPATCHED or any(
+            e.type == engine.STEP_STARTED and (e.step_id, e.attempt) == attempt
+            for e in self._lazy.get(run_id, ())
+        ):
+            return []
+        return [Event(engine.STEP_STARTED, event.step_id, event.attempt, event.agent)]
 
     def _decisions_after(self, state: RunState, events: list[Event]) -> tuple[list[Event], bool]:
         """What the engine decides once `events` apply; none if deciding fails.

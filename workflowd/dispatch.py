@@ -11,6 +11,10 @@ from workflowd.rpc import workflow_pb2 as pb
 
 AttemptKey = tuple[str, str, int]  # run id, step id, attempt
 
+# A stored result is acknowledged with the next step start to its agent, or
+# after this long in a message of its own (with every other one waiting then).
+ACK_LINGER_S = 0.02
+
 
 @dataclass(eq=False)
 class AgentSession:
@@ -26,15 +30,39 @@ class AgentSession:
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
+    acks: list[pb.AttemptRef] = field(default_factory=list)  # not sent yet
+    ack_timer: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
         self.plugins = frozenset(self.plugins)  # any iterable of names (a dict: its keys)
 
     def send(self, message: pb.CoordinatorMessage) -> None:
+        if self.acks and message.WhichOneof("kind") == "start":
+            message.start.acks.extend(self._take_acks())
         self.outbox.put_nowait(message)
 
+    def acknowledge(self, ref: pb.AttemptRef) -> None:
+        """Tell the agent its result is stored: with its next step start, or soon."""
+        self.acks.append(ref)
+        if self.ack_timer is None:
+            self.ack_timer = asyncio.get_running_loop().call_later(ACK_LINGER_S, self.send_acks)
+
+    def send_acks(self) -> None:
+        """Send the acknowledgements waiting, in one message."""
+        if self.acks:
+            first, *more = self._take_acks()
+            self.outbox.put_nowait(pb.CoordinatorMessage(ack=pb.ResultAck(ref=first, more=more)))
+
+    def _take_acks(self) -> list[pb.AttemptRef]:
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+            self.ack_timer = None
+        taken, self.acks = self.acks, []
+        return taken
+
     def close(self) -> None:
-        """Ask the writer to end the stream."""
+        """Ask the writer to end the stream, after the acknowledgements waiting."""
+        self.send_acks()
         self.outbox.put_nowait(None)
 
     def view(self) -> AgentView:

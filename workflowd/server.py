@@ -313,18 +313,17 @@ class AgentService(rpc.AgentServiceServicer):
         except wire.WireError as exc:
             self._rejected(session, "agent_message_malformed", **where, error=str(exc))
             return
-        verdict = await self.coordinator.report(session.name, ref.run_id, event)
+        verdict = await self.coordinator.report(
+            session.name, ref.run_id, event, implies_started=message.step.implies_started
+        )
         if verdict == engine.FOREIGN:
             # about a run or attempt never given to this agent: a forgery or a bug
             self._rejected(session, "report_rejected", **where, verdict=verdict, type=event.type)
         elif verdict != engine.ACCEPT:
             log.debug("report_ignored", agent=session.name, **where, verdict=verdict)
-        # TODO: a step costs four messages (start and ack out, started and result
-        # in), and each costs more than the rest of the step's work: an ack riding
-        # on the next StartStep to the same agent needs a change to the protocol.
         final = (engine.STEP_SUCCEEDED, engine.STEP_FAILED, engine.STEP_INTERRUPTED)
         if event.type in final and verdict != engine.FOREIGN:
-            session.send(pb.CoordinatorMessage(ack=pb.ResultAck(ref=ref)))
+            session.acknowledge(ref)
 
 
 def _summary(state: RunState, created_ms: int, updated_ms: int) -> pb.RunSummary:

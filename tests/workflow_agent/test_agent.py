@@ -115,3 +115,39 @@ def test_held_results_are_held_to_a_new_smaller_limit(tmp_path: Path) -> None:
     restarted = agent(tmp_path)
     (kept,) = restarted._held.messages()
     assert kept.step.failed.error == "outputs_too_large"
+
+
+def sent_by_step(tmp_path: Path, task: str, params: dict) -> list[pb.AgentMessage]:
+    """What the agent sends for one step that it runs to its end."""
+    subject = Agent("127.0.0.1:1", "host-a", {}, load_plugins(("noop", "sleep")), tmp_path)
+    message = pb.StartStep(
+        ref=pb.AttemptRef(run_id="r1", step_id="s1", attempt=1),
+        task=task,
+        params_json=json.dumps(params),
+    )
+
+    async def scenario() -> list[pb.AgentMessage]:
+        subject._outbox = asyncio.Queue()
+        subject._start(message)
+        await asyncio.gather(*(task for task, _ in subject._running.values()))
+        await subject._held.flush()  # a result goes out once it is on disk
+        await asyncio.sleep(0.01)
+        return [subject._outbox.get_nowait() for _ in range(subject._outbox.qsize())]
+
+    return asyncio.run(scenario())
+
+
+def test_a_short_step_sends_only_its_result_which_stands_for_its_start(tmp_path: Path) -> None:
+    (result,) = sent_by_step(tmp_path, "noop", {})
+    assert result.step.WhichOneof("kind") == "completed"
+    assert result.step.implies_started
+
+
+def test_a_step_that_reports_announces_its_start_first(tmp_path: Path) -> None:
+    sent = sent_by_step(tmp_path, "sleep", {"seconds": 0.05})
+    kinds = [m.step.WhichOneof("kind") for m in sent]
+    assert kinds[0] == "started"
+    assert kinds.count("started") == 1
+    assert "progress" in kinds
+    assert kinds[-1] == "completed"
+    assert not sent[-1].step.implies_started

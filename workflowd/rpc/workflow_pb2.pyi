@@ -132,7 +132,7 @@ class ReceiveRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., after_index: _Optional[int] = ...) -> None: ...
 
 class StepEvent(_message.Message):
-    __slots__ = ("ref", "started", "progress", "log", "completed", "failed", "interrupted", "message", "output", "receive")
+    __slots__ = ("ref", "started", "progress", "log", "completed", "failed", "interrupted", "message", "output", "receive", "implies_started")
     REF_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,7 @@ class StepEvent(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     RECEIVE_FIELD_NUMBER: _ClassVar[int]
+    IMPLIES_STARTED_FIELD_NUMBER: _ClassVar[int]
     ref: AttemptRef
     started: StepStarted
     progress: StepProgress
@@ -153,7 +154,8 @@ class StepEvent(_message.Message):
     message: StepMessage
     output: StepOutput
     receive: ReceiveRequest
-    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., started: _Optional[_Union[StepStarted, _Mapping]] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., log: _Optional[_Union[StepLog, _Mapping]] = ..., completed: _Optional[_Union[StepCompleted, _Mapping]] = ..., failed: _Optional[_Union[StepFailed, _Mapping]] = ..., interrupted: _Optional[_Union[StepInterrupted, _Mapping]] = ..., message: _Optional[_Union[StepMessage, _Mapping]] = ..., output: _Optional[_Union[StepOutput, _Mapping]] = ..., receive: _Optional[_Union[ReceiveRequest, _Mapping]] = ...) -> None: ...
+    implies_started: bool
+    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., started: _Optional[_Union[StepStarted, _Mapping]] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., log: _Optional[_Union[StepLog, _Mapping]] = ..., completed: _Optional[_Union[StepCompleted, _Mapping]] = ..., failed: _Optional[_Union[StepFailed, _Mapping]] = ..., interrupted: _Optional[_Union[StepInterrupted, _Mapping]] = ..., message: _Optional[_Union[StepMessage, _Mapping]] = ..., output: _Optional[_Union[StepOutput, _Mapping]] = ..., receive: _Optional[_Union[ReceiveRequest, _Mapping]] = ..., implies_started: _Optional[bool] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "step", "heartbeat")
@@ -176,18 +178,20 @@ class Welcome(_message.Message):
     def __init__(self, coordinator_version: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class StartStep(_message.Message):
-    __slots__ = ("ref", "task", "params_json", "config_json", "rollback_on_failure")
+    __slots__ = ("ref", "task", "params_json", "config_json", "rollback_on_failure", "acks")
     REF_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
     ref: AttemptRef
     task: str
     params_json: str
     config_json: str
     rollback_on_failure: bool
-    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[str] = ..., params_json: _Optional[str] = ..., config_json: _Optional[str] = ..., rollback_on_failure: _Optional[bool] = ...) -> None: ...
+    acks: _containers.RepeatedCompositeFieldContainer[AttemptRef]
+    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[str] = ..., params_json: _Optional[str] = ..., config_json: _Optional[str] = ..., rollback_on_failure: _Optional[bool] = ..., acks: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ...) -> None: ...
 
 class CancelStep(_message.Message):
     __slots__ = ("ref", "reason", "rollback")
@@ -200,10 +204,12 @@ class CancelStep(_message.Message):
     def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., reason: _Optional[str] = ..., rollback: _Optional[bool] = ...) -> None: ...
 
 class ResultAck(_message.Message):
-    __slots__ = ("ref",)
+    __slots__ = ("ref", "more")
     REF_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     ref: AttemptRef
-    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ...) -> None: ...
+    more: _containers.RepeatedCompositeFieldContainer[AttemptRef]
+    def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., more: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ...) -> None: ...
 
 class Reject(_message.Message):
     __slots__ = ("reason",)

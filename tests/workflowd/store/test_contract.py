@@ -273,6 +273,33 @@ steps:
 """
 
 
+def test_a_result_that_stands_for_its_start_is_stored_after_that_start(
+    store: Store, run: Run, tmp_path: Path
+) -> None:
+    """A short step's agent sends only the result; the history still says it started."""
+
+    async def scenario() -> str:
+        coordinator = Coordinator(store, {}, scratch_root=tmp_path)
+        coordinator.agents.add(AgentSession("a", {}, {"noop": pb.PluginInfo(name="noop")}, "test"))
+        run_id, _ = await coordinator.submit(FLOW, "flow.yaml", {})
+        result = Event(engine.STEP_SUCCEEDED, "only", 1, "a", {"outputs": {}, "path": "run"})
+        assert await coordinator.report("a", run_id, result, implies_started=True) == "accept"
+        await coordinator.stop()
+        return run_id
+
+    run_id = run(scenario())
+
+    types = [e.type for e in run(store.events(run_id))]
+    assert types == [
+        engine.RUN_SUBMITTED,
+        engine.RUN_STARTED,
+        engine.STEP_DISPATCHED,
+        engine.STEP_STARTED,
+        engine.STEP_SUCCEEDED,
+        engine.RUN_SUCCEEDED,
+    ]
+
+
 def test_a_result_reported_twice_is_recorded_once(store: Store, run: Run, tmp_path: Path) -> None:
     """A step result that arrives again (re-sent after a reconnect) is not stored twice."""
 

@@ -1,0 +1,56 @@
+"""Agent sessions: acknowledgements ride on the next step start, or go together soon."""
+
+from __future__ import annotations
+
+import asyncio
+
+from workflowd.dispatch import ACK_LINGER_S, AgentSession
+from workflowd.rpc import workflow_pb2 as pb
+
+
+def ref(step_id: str) -> pb.AttemptRef:
+    return pb.AttemptRef(run_id="r1", step_id=step_id, attempt=1)
+
+
+def drained(session: AgentSession) -> list[pb.CoordinatorMessage]:
+    return [session.outbox.get_nowait() for _ in range(session.outbox.qsize())]
+
+
+def test_acknowledgements_ride_on_the_next_step_start() -> None:
+    async def scenario() -> list[pb.CoordinatorMessage]:
+        session = AgentSession("a", {}, {"noop"}, "test")
+        session.acknowledge(ref("s1"))
+        session.acknowledge(ref("s2"))
+        session.send(pb.CoordinatorMessage(start=pb.StartStep(ref=ref("s3"), task="noop")))
+        await asyncio.sleep(ACK_LINGER_S * 3)  # and nothing more goes after
+        return drained(session)
+
+    (start,) = asyncio.run(scenario())
+    assert start.start.ref.step_id == "s3"
+    assert [r.step_id for r in start.start.acks] == ["s1", "s2"]
+
+
+def test_acknowledgements_without_a_start_go_together_soon() -> None:
+    async def scenario() -> tuple[int, list[pb.CoordinatorMessage]]:
+        session = AgentSession("a", {}, {"noop"}, "test")
+        for step_id in ("s1", "s2", "s3"):
+            session.acknowledge(ref(step_id))
+        at_once = session.outbox.qsize()
+        await asyncio.sleep(ACK_LINGER_S * 3)
+        return at_once, drained(session)
+
+    at_once, (ack,) = asyncio.run(scenario())
+    assert at_once == 0
+    assert [r.step_id for r in (ack.ack.ref, *ack.ack.more)] == ["s1", "s2", "s3"]
+
+
+def test_closing_a_session_sends_the_acknowledgements_first() -> None:
+    async def scenario() -> list[pb.CoordinatorMessage | None]:
+        session = AgentSession("a", {}, {"noop"}, "test")
+        session.acknowledge(ref("s1"))
+        session.close()
+        return [session.outbox.get_nowait() for _ in range(session.outbox.qsize())]
+
+    ack, end = asyncio.run(scenario())
+    assert ack is not None and ack.ack.ref.step_id == "s1"
+    assert end is None
