@@ -52,5 +52,6 @@ def test_closing_a_session_sends_the_acknowledgements_first() -> None:
         return [session.outbox.get_nowait() for _ in range(session.outbox.qsize())]
 
     ack, end = asyncio.run(scenario())
-    assert ack is not None and ack.ack.ref.step_id == "s1"
+    assert ack is not None
+    assert ack.ack.ref.step_id == "s1"
     assert end is None
