@@ -269,6 +269,7 @@ class Agent:
                 version=__version__,
                 running=[_ref(key) for key in self._running],
                 held=[_ref(key) for key in self._held.attempts()],
+                batched_acks=True,
             )
         )
 
@@ -345,7 +346,9 @@ class Agent:
                     message=f"the result of {size} bytes exceeds the coordinator's limit of "
                     f"{self.max_message_bytes} bytes",
                 )
-                self._keep_and_send(key, result_message(key, outcome, self.max_message_bytes))
+                failure = result_message(key, outcome, self.max_message_bytes)
+                failure.step.implies_started = message.step.implies_started
+                self._keep_and_send(key, failure)
 
     async def _write(
         self, call: grpc.aio.StreamStreamCall, outbox: asyncio.Queue[pb.AgentMessage]
@@ -461,7 +464,12 @@ class Agent:
         )
 
     def _announce(self, key: AttemptKey) -> None:
-        """Send a step's StepStarted, unless it went already."""
+        """Send a step's StepStarted, unless it went already.
+
+        Without a stream the start stays unannounced: the result stands for it.
+        """
+        if self._outbox is None:
+            return
         timer = self._unannounced.pop(key, None)
         if timer is not None:
             timer.cancel()

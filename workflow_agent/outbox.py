@@ -60,6 +60,13 @@ def _messages(data: bytes) -> list[pb.AgentMessage]:
     return found
 
 
+def _age(path: Path) -> tuple[bool, str]:
+    """Files sort oldest first: an older agent's (named after their attempt), then
+    this one's (named after the time they were written)."""
+    stamp = path.name.split("-", 1)[0]
+    return (len(stamp) == 20 and stamp.isdigit(), path.name)
+
+
 class Outbox:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -79,7 +86,7 @@ class Outbox:
         self.directory.mkdir(parents=True, exist_ok=True)
         for leftover in self.directory.glob("*.tmp"):
             leftover.unlink()  # a write that a crash interrupted: never acknowledged, never sent
-        for path in sorted(self.directory.glob("*.result")):
+        for path in sorted(self.directory.glob("*.result"), key=_age):
             try:
                 messages = _messages(path.read_bytes())
                 keys = [_key(message) for message in messages]
@@ -88,6 +95,9 @@ class Outbox:
                 path.rename(path.with_suffix(".damaged"))
                 continue
             for key, message in zip(keys, messages, strict=True):
+                # files load oldest first: a result put again replaces the older one,
+                # whose file a crash kept from being removed
+                self._forget_file(key)
                 self._held[key] = message
                 self._file_of[key] = path
                 self._file_keys.setdefault(path, set()).add(key)
@@ -100,6 +110,9 @@ class Outbox:
         written: Future[None] = Future()
         with self._lock:
             self._held[key] = message
+            replaced = self._unwritten.get(key)
+            if replaced is not None:  # its write is this one now
+                written.add_done_callback(lambda _, old=replaced[1]: old.set_result(None))
             self._unwritten[key] = (message, written)
             self._writing[key] = written
             queue = not self._write_queued

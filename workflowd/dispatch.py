@@ -14,6 +14,7 @@ AttemptKey = tuple[str, str, int]  # run id, step id, attempt
 # A stored result is acknowledged with the next step start to its agent, or
 # after this long in a message of its own (with every other one waiting then).
 ACK_LINGER_S = 0.02
+ACKS_PER_MESSAGE = 100  # a few hundred bytes each: a message stays far below any limit
 
 
 @dataclass(eq=False)
@@ -32,25 +33,33 @@ class AgentSession:
     outbox: asyncio.Queue[pb.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
     acks: list[pb.AttemptRef] = field(default_factory=list)  # not sent yet
     ack_timer: asyncio.TimerHandle | None = None
+    batched_acks: bool = False  # the agent reads acknowledgements sent together
 
     def __post_init__(self) -> None:
         self.plugins = frozenset(self.plugins)  # any iterable of names (a dict: its keys)
 
     def send(self, message: pb.CoordinatorMessage) -> None:
         if self.acks and message.WhichOneof("kind") == "start":
-            message.start.acks.extend(self._take_acks())
+            if len(self.acks) <= ACKS_PER_MESSAGE:
+                message.start.acks.extend(self._take_acks())
+            else:
+                self.send_acks()
         self.outbox.put_nowait(message)
 
     def acknowledge(self, ref: pb.AttemptRef) -> None:
         """Tell the agent its result is stored: with its next step start, or soon."""
+        if not self.batched_acks:
+            self.outbox.put_nowait(pb.CoordinatorMessage(ack=pb.ResultAck(ref=ref)))
+            return
         self.acks.append(ref)
         if self.ack_timer is None:
             self.ack_timer = asyncio.get_running_loop().call_later(ACK_LINGER_S, self.send_acks)
 
     def send_acks(self) -> None:
-        """Send the acknowledgements waiting, in one message."""
-        if self.acks:
-            first, *more = self._take_acks()
+        """Send the acknowledgements waiting, ACKS_PER_MESSAGE to a message."""
+        waiting = self._take_acks()
+        for at in range(0, len(waiting), ACKS_PER_MESSAGE):
+            first, *more = waiting[at : at + ACKS_PER_MESSAGE]
             self.outbox.put_nowait(pb.CoordinatorMessage(ack=pb.ResultAck(ref=first, more=more)))
 
     def _take_acks(self) -> list[pb.AttemptRef]:

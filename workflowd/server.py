@@ -220,6 +220,7 @@ class AgentService(rpc.AgentServiceServicer):
             labels=dict(hello.labels),
             plugins=frozenset(info.name for info in hello.plugins),
             version=hello.version,
+            batched_acks=hello.batched_acks,
         )
         bound = log.bind(agent=session.name)
         await self.coordinator.agent_connected(session, hello)
@@ -233,7 +234,8 @@ class AgentService(rpc.AgentServiceServicer):
             )
         )
         # one task reads, one writes; the stream ends when either does
-        reader = asyncio.create_task(self._read(session, context))
+        handling: set[asyncio.Task[None]] = set()  # reports being stored
+        reader = asyncio.create_task(self._read(session, context, handling))
         writer = asyncio.create_task(self._write(session, context))
         try:
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
@@ -249,9 +251,18 @@ class AgentService(rpc.AgentServiceServicer):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(reader, writer, return_exceptions=True)
+                # the reports being stored are seen through before the agent is let go
+                for failure in await asyncio.gather(*handling, return_exceptions=True):
+                    if isinstance(failure, Exception):
+                        bound.error("agent_report_failed", exc_info=failure)
             await self.coordinator.agent_disconnected(session)
 
-    async def _read(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
+    async def _read(
+        self,
+        session: AgentSession,
+        context: grpc.aio.ServicerContext,
+        handling: set[asyncio.Task[None]],
+    ) -> None:
         while True:
             try:
                 message = await context.read()
@@ -269,7 +280,10 @@ class AgentService(rpc.AgentServiceServicer):
                 continue
             # A report being stored is seen through to the end even when the
             # stream ends meanwhile: the store and the run's state must agree.
-            await asyncio.shield(self._handle(session, message))
+            task = asyncio.create_task(self._handle(session, message))
+            handling.add(task)
+            task.add_done_callback(handling.discard)
+            await asyncio.shield(task)
 
     async def _write(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
         # TODO: each message costs 100-300 us of grpc-aio; sending the starts that wait

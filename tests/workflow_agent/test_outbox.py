@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from workflow_agent.outbox import Outbox
@@ -98,3 +99,34 @@ def test_a_damaged_file_is_set_aside_and_a_torn_write_dropped(tmp_path: Path) ->
     assert outbox.attempts() == [key("a")]
     assert (tmp_path / "broken.damaged").exists()
     assert not (tmp_path / "torn.tmp").exists()
+
+
+def test_a_replaced_result_left_behind_by_a_crash_does_not_come_back(tmp_path: Path) -> None:
+    """Killed after writing a newer result for an attempt but before removing the older
+    file, the agent sends the newer one, and once it is acknowledged, neither returns."""
+    outbox = Outbox(tmp_path)
+    outbox.load()
+    outbox.put(key("a"), result("a", path="run")).result(timeout=10)
+    older = {p.name: p.read_bytes() for p in tmp_path.glob("*.result")}
+    outbox.put(key("a"), result("a", path="check")).result(timeout=10)
+    settle(outbox)
+    for name, data in older.items():  # as if the removal had not happened
+        (tmp_path / name).write_bytes(data)
+
+    again = reloaded(tmp_path)
+    assert again.messages() == [result("a", path="check")]
+    again.ack(key("a"))
+    settle(again)
+    assert reloaded(tmp_path).attempts() == []
+
+
+def test_a_write_replaced_before_it_started_still_completes(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path)
+    outbox.load()
+    blocker = outbox._disk.submit(time.sleep, 0.2)  # keep the disk thread busy
+    first = outbox.put(key("a"), result("a", path="run"))
+    second = outbox.put(key("a"), result("a", path="check"))
+    second.result(timeout=10)
+    first.result(timeout=10)
+    blocker.result()
+    assert reloaded(tmp_path).messages() == [result("a", path="check")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from workflowd.dispatch import ACK_LINGER_S, AgentSession
+from workflowd.dispatch import ACK_LINGER_S, ACKS_PER_MESSAGE, AgentSession
 from workflowd.rpc import workflow_pb2 as pb
 
 
@@ -18,7 +18,7 @@ def drained(session: AgentSession) -> list[pb.CoordinatorMessage]:
 
 def test_acknowledgements_ride_on_the_next_step_start() -> None:
     async def scenario() -> list[pb.CoordinatorMessage]:
-        session = AgentSession("a", {}, {"noop"}, "test")
+        session = AgentSession("a", {}, {"noop"}, "test", batched_acks=True)
         session.acknowledge(ref("s1"))
         session.acknowledge(ref("s2"))
         session.send(pb.CoordinatorMessage(start=pb.StartStep(ref=ref("s3"), task="noop")))
@@ -32,7 +32,7 @@ def test_acknowledgements_ride_on_the_next_step_start() -> None:
 
 def test_acknowledgements_without_a_start_go_together_soon() -> None:
     async def scenario() -> tuple[int, list[pb.CoordinatorMessage]]:
-        session = AgentSession("a", {}, {"noop"}, "test")
+        session = AgentSession("a", {}, {"noop"}, "test", batched_acks=True)
         for step_id in ("s1", "s2", "s3"):
             session.acknowledge(ref(step_id))
         at_once = session.outbox.qsize()
@@ -46,7 +46,7 @@ def test_acknowledgements_without_a_start_go_together_soon() -> None:
 
 def test_closing_a_session_sends_the_acknowledgements_first() -> None:
     async def scenario() -> list[pb.CoordinatorMessage | None]:
-        session = AgentSession("a", {}, {"noop"}, "test")
+        session = AgentSession("a", {}, {"noop"}, "test", batched_acks=True)
         session.acknowledge(ref("s1"))
         session.close()
         return [session.outbox.get_nowait() for _ in range(session.outbox.qsize())]
@@ -55,3 +55,36 @@ def test_closing_a_session_sends_the_acknowledgements_first() -> None:
     assert ack is not None
     assert ack.ack.ref.step_id == "s1"
     assert end is None
+
+
+def test_an_agent_that_reads_one_acknowledgement_per_message_gets_them_so_at_once() -> None:
+    """An agent whose hello does not offer batched_acks is acknowledged the old way."""
+
+    async def scenario() -> list[pb.CoordinatorMessage]:
+        session = AgentSession("old", {}, {"noop"}, "test")
+        session.acknowledge(ref("s1"))
+        session.acknowledge(ref("s2"))
+        session.send(pb.CoordinatorMessage(start=pb.StartStep(ref=ref("s3"), task="noop")))
+        return drained(session)
+
+    first, second, start = asyncio.run(scenario())
+    assert (first.ack.ref.step_id, list(first.ack.more)) == ("s1", [])
+    assert (second.ack.ref.step_id, list(second.ack.more)) == ("s2", [])
+    assert list(start.start.acks) == []
+
+
+def test_many_acknowledgements_are_split_into_bounded_messages() -> None:
+    count = ACKS_PER_MESSAGE * 2 + 5
+
+    async def scenario() -> list[pb.CoordinatorMessage]:
+        session = AgentSession("a", {}, {"noop"}, "test", batched_acks=True)
+        for index in range(count):
+            session.acknowledge(ref(f"s{index}"))
+        session.send(pb.CoordinatorMessage(start=pb.StartStep(ref=ref("next"), task="noop")))
+        return drained(session)
+
+    *acks, start = asyncio.run(scenario())
+    assert list(start.start.acks) == []  # too many to ride along: sent before it
+    assert [1 + len(m.ack.more) for m in acks] == [ACKS_PER_MESSAGE, ACKS_PER_MESSAGE, 5]
+    refs = [r.step_id for m in acks for r in (m.ack.ref, *m.ack.more)]
+    assert refs == [f"s{index}" for index in range(count)]
