@@ -447,6 +447,8 @@ class Agent:
             labels=self.labels,
             state_dir=self.work_dir / "state",
         )
+        # TODO: a step cancelled before its task first runs never leaves _running
+        # and sends no result; the heartbeat keeps listing it.
         task = asyncio.create_task(self._run_step(key, start, ctx))
         self._running[key] = (task, ctx)
 
