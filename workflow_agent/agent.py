@@ -447,10 +447,24 @@ class Agent:
             labels=self.labels,
             state_dir=self.work_dir / "state",
         )
-        # TODO: a step cancelled before its task first runs never leaves _running
-        # and sends no result; the heartbeat keeps listing it.
         task = asyncio.create_task(self._run_step(key, start, ctx))
         self._running[key] = (task, ctx)
+        task.add_done_callback(lambda ended: self._ended_unstarted(key, ctx, ended))
+
+    def _ended_unstarted(self, key: AttemptKey, ctx: StepContext, task: asyncio.Task) -> None:
+        """A step's task that ended without running (cancelled at once) still reports."""
+        if self._running.get(key, (None,))[0] is not task:
+            return  # it ran, and said how it ended
+        del self._running[key]
+        timer = self._unannounced.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if ctx.stop_reason == "interrupt":
+            outcome = Outcome(False, error="interrupted", message=ctx.stop_reason_text)
+        else:
+            reason = ctx.stop_reason_text or "before it started"
+            outcome = Outcome(False, error="cancelled", message=f"cancelled ({reason})")
+        self._finish(key, outcome)
 
     def _refusal(self, task: str) -> Outcome:
         if task in self.installed:

@@ -445,8 +445,6 @@ class Coordinator:
             return before
         status = engine.status_after(before.status, events)
         written = time.perf_counter()
-        # TODO: a control call cancelled while this waits leaves events stored but not
-        # applied in memory until the run is reloaded; shield the store-and-apply.
         stored = await self.store.append(run_id, events, status)
         if self.metrics is not None:
             self.metrics.store_written("append", time.perf_counter() - written)

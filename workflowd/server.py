@@ -7,7 +7,8 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 import grpc
 import jsonschema
@@ -28,6 +29,7 @@ from workflowd.security import AccessPolicy, ControlAuthInterceptor
 from workflowd.store.base import now_ms
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 # The services a health check may name, besides "" for the whole server.
 SERVICE_NAMES = (
@@ -127,6 +129,22 @@ def step_event(ref: pb.AttemptRef, agent: str, message: pb.StepEvent) -> Event:
     raise wire.WireError("a step event without a kind")
 
 
+async def whole(change: Coroutine[Any, Any, T]) -> T:
+    """Carry a change to runs through even when its caller stops waiting (a call
+    cancelled by its client or deadline): stopped half way, the store would hold
+    events that the runs' state in memory lacks. Its outcome still reaches a
+    caller that waits."""
+    task = asyncio.ensure_future(change)
+    task.add_done_callback(_outcome_seen)
+    return await asyncio.shield(task)
+
+
+def _outcome_seen(task: asyncio.Future[Any]) -> None:
+    # a caller that left cannot hear of a refusal; the coordinator logs its own faults
+    if not task.cancelled():
+        task.exception()
+
+
 def _json_value(text: str) -> object:
     """Any JSON value an agent sent, checked like outputs are (finite, not too deep)."""
     return wire.decode_outputs('{"value": ' + (text or "null") + "}")["value"]
@@ -223,7 +241,7 @@ class AgentService(rpc.AgentServiceServicer):
             batched_acks=hello.batched_acks,
         )
         bound = log.bind(agent=session.name)
-        await self.coordinator.agent_connected(session, hello)
+        await whole(self.coordinator.agent_connected(session, hello))
         await context.write(
             pb.CoordinatorMessage(
                 welcome=pb.Welcome(
@@ -386,11 +404,13 @@ class ControlService(rpc.ControlServiceServicer):
         self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitResponse:
         try:
-            run_id, existing = await self.coordinator.submit(
-                request.source.yaml,
-                request.source.filename or "<definition>",
-                dict(request.inputs),
-                request.idempotency_key,
+            run_id, existing = await whole(
+                self.coordinator.submit(
+                    request.source.yaml,
+                    request.source.filename or "<definition>",
+                    dict(request.inputs),
+                    request.idempotency_key,
+                )
             )
         except DefinitionError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -489,14 +509,14 @@ class ControlService(rpc.ControlServiceServicer):
         self, request: pb.CancelRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelResponse:
         async with _refusals_as_status(context):
-            status = await self.coordinator.cancel(request.run_id, request.reason)
+            status = await whole(self.coordinator.cancel(request.run_id, request.reason))
         return pb.CancelResponse(status=status)
 
     async def Resume(
         self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResumeResponse:
         async with _refusals_as_status(context):
-            rerun = await self.coordinator.resume(request.run_id, request.from_step)
+            rerun = await whole(self.coordinator.resume(request.run_id, request.from_step))
         return pb.ResumeResponse(run_id=request.run_id, rerun_steps=rerun)
 
     async def UpdateConfig(
@@ -504,7 +524,9 @@ class ControlService(rpc.ControlServiceServicer):
     ) -> pb.UpdateConfigResponse:
         async with _refusals_as_status(context):
             value = json.loads(request.value_json) if request.value_json else None
-            config = await self.coordinator.update_config(request.run_id, request.key, value)
+            config = await whole(
+                self.coordinator.update_config(request.run_id, request.key, value)
+            )
         return pb.UpdateConfigResponse(config_json=json.dumps(config))
 
     async def Signal(
@@ -512,7 +534,7 @@ class ControlService(rpc.ControlServiceServicer):
     ) -> pb.SignalResponse:
         async with _refusals_as_status(context):
             payload = json.loads(request.payload_json) if request.payload_json else None
-            waiting = await self.coordinator.signal(request.run_id, request.name, payload)
+            waiting = await whole(self.coordinator.signal(request.run_id, request.name, payload))
         return pb.SignalResponse(waiting_steps=waiting)
 
     async def ListAgents(

@@ -151,3 +151,25 @@ def test_a_step_that_reports_announces_its_start_first(tmp_path: Path) -> None:
     assert "progress" in kinds
     assert kinds[-1] == "completed"
     assert not sent[-1].step.implies_started
+
+
+def test_a_step_cancelled_before_it_first_runs_reports_its_cancellation(tmp_path: Path) -> None:
+    """A cancel that arrives with its start (before the step's task first runs) still ends
+    the attempt with a result, and the agent no longer counts it as running."""
+    subject = Agent("127.0.0.1:1", "host-a", {}, load_plugins(("noop", "sleep")), tmp_path)
+    ref = pb.AttemptRef(run_id="r1", step_id="s1", attempt=1)
+
+    async def scenario() -> list[pb.AgentMessage]:
+        subject._outbox = asyncio.Queue()
+        subject._handle(pb.CoordinatorMessage(start=pb.StartStep(ref=ref, task="noop")))
+        cancel = pb.CancelStep(ref=ref, reason="run cancelled")
+        subject._handle(pb.CoordinatorMessage(cancel=cancel))
+        await asyncio.sleep(0.01)
+        await subject._held.flush()
+        await asyncio.sleep(0.01)
+        return [subject._outbox.get_nowait() for _ in range(subject._outbox.qsize())]
+
+    (result,) = asyncio.run(scenario())
+    assert result.step.failed.error == "cancelled"
+    assert "run cancelled" in result.step.failed.message
+    assert subject.running == 0
