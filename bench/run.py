@@ -718,6 +718,12 @@ def main() -> None:
         benchmarks[f"scale_{agents}"] = lambda root, n=agents: bench_scale(args, root, n)
     benchmarks["celery"] = lambda root: bench_celery(args, root)
     only = {name for name in args.only.split(",") if name}
+    known = set(benchmarks) | {name.split("_")[0] for name in benchmarks}
+    if only - known:
+        unknown = ", ".join(sorted(only - known))
+        sys.exit(f"run.py: no benchmark named {unknown}; there are {', '.join(benchmarks)}")
+    if only and "baseline" not in only:
+        print("note: without the baseline, the ratios to the ping-pong read nan", flush=True)
 
     results: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),

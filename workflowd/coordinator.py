@@ -568,7 +568,7 @@ class Coordinator:
             self._run_local(key, task_name, params, final)
             return
         session = self.agents.get(event.agent)
-        if session is None:
+        if session is None or session.closed:
             # The agent left between the decision and now; its hello will tell
             # whether it has the attempt, and reconciliation reruns it if not.
             log.warning(
@@ -913,23 +913,34 @@ class Coordinator:
         running = {(r.run_id, r.step_id, r.attempt) for r in hello.running}
         held = {(r.run_id, r.step_id, r.attempt) for r in hello.held}
         session.running = set(running)
-        for run_id, state in list(self._states.items()):
-            reason = f"agent {session.name} came back without the attempt"
-            lost = [
-                Event(
-                    engine.STEP_INTERRUPTED,
-                    step_id,
-                    state.step(step_id).attempt,
-                    session.name,
-                    {"reason": reason},
-                )
-                for step_id in state.active()
-                if state.step(step_id).agent == session.name
-                and (run_id, step_id, state.step(step_id).attempt) not in running | held
-            ]
-            if lost:
-                async with self._locks[run_id]:
+        reason = f"agent {session.name} came back without the attempt"
+        for run_id in list(self._states):
+            if not any(
+                self._states[run_id].step(step_id).agent == session.name
+                for step_id in self._states[run_id].active()
+            ):
+                continue
+            # judged under the run's lock: a result stored meanwhile ends the attempt
+            async with self._locks[run_id]:
+                state = self._states.get(run_id)
+                if state is None:
+                    continue  # the run finished meanwhile
+                lost = [
+                    Event(
+                        engine.STEP_INTERRUPTED,
+                        step_id,
+                        state.step(step_id).attempt,
+                        session.name,
+                        {"reason": reason},
+                    )
+                    for step_id in state.active()
+                    if state.step(step_id).agent == session.name
+                    and (run_id, step_id, state.step(step_id).attempt) not in running | held
+                ]
+                if lost:
                     await self._commit(run_id, lost)
+            if run_id not in self._states:
+                self._locks.pop(run_id, None)
 
         old = self.agents.add(session)
         self._gone_since.pop(session.name, None)

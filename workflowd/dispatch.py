@@ -27,6 +27,7 @@ class AgentSession:
     version: str
     running: set[AttemptKey] = field(default_factory=set)
     draining: bool = False  # shutting down: finishes what it runs, takes nothing new
+    closed: bool = False  # the stream has ended: nothing more can reach the agent on it
     rejected: int = 0  # reports refused: malformed, or about attempts it was never given
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
@@ -102,4 +103,8 @@ class AgentRegistry:
         return list(self._sessions.values())
 
     def views(self) -> list[AgentView]:
-        return [session.view() for session in self._sessions.values() if not session.draining]
+        return [
+            session.view()
+            for session in self._sessions.values()
+            if not (session.draining or session.closed)
+        ]

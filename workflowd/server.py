@@ -265,6 +265,7 @@ class AgentService(rpc.AgentServiceServicer):
                     # one agent's broken stream must not stop the daemon
                     bound.error("agent_stream_failed", exc_info=failure)
         finally:
+            session.closed = True  # no step goes to it while its last reports are stored
             for task in (reader, writer):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -88,3 +88,15 @@ def test_many_acknowledgements_are_split_into_bounded_messages() -> None:
     assert [1 + len(m.ack.more) for m in acks] == [ACKS_PER_MESSAGE, ACKS_PER_MESSAGE, 5]
     refs = [r.step_id for m in acks for r in (m.ack.ref, *m.ack.more)]
     assert refs == [f"s{index}" for index in range(count)]
+
+
+def test_an_agent_whose_stream_ended_is_offered_no_step() -> None:
+    """Between its stream's end and its goodbye, a session is not a candidate for steps."""
+    from workflowd.dispatch import AgentRegistry
+
+    registry = AgentRegistry()
+    gone = AgentSession("gone", {}, {"noop"}, "test")
+    registry.add(gone)
+    registry.add(AgentSession("here", {}, {"noop"}, "test"))
+    gone.closed = True
+    assert [view.name for view in registry.views()] == ["here"]

@@ -273,6 +273,33 @@ steps:
 """
 
 
+def test_a_hello_racing_a_result_does_not_undo_it(store: Store, run: Run, tmp_path: Path) -> None:
+    """An agent's hello (it reconnected) that arrives while its result is being stored
+    does not mark the finished attempt interrupted, nor make the step run again."""
+
+    async def scenario() -> str:
+        coordinator = Coordinator(store, {}, scratch_root=tmp_path)
+        await coordinator.start()
+        first = AgentSession("a", {}, {"noop": pb.PluginInfo(name="noop")}, "test")
+        coordinator.agents.add(first)
+        run_id, _ = await coordinator.submit(FLOW, "flow.yaml", {})
+        result = Event(engine.STEP_SUCCEEDED, "only", 1, "a", {"outputs": {}, "path": "run"})
+        again = AgentSession("a", {}, {"noop": pb.PluginInfo(name="noop")}, "test")
+        await asyncio.gather(
+            coordinator.report("a", run_id, result, implies_started=True),
+            coordinator.agent_connected(again, pb.Hello(name="a")),
+        )
+        await coordinator.stop()
+        return run_id
+
+    run_id = run(scenario())
+
+    types = [e.type for e in run(store.events(run_id))]
+    assert engine.STEP_INTERRUPTED not in types
+    assert types.count(engine.STEP_DISPATCHED) == 1
+    assert types[-1] == engine.RUN_SUCCEEDED
+
+
 def test_a_result_that_stands_for_its_start_is_stored_after_that_start(
     store: Store, run: Run, tmp_path: Path
 ) -> None:
