@@ -948,6 +948,8 @@ class Coordinator:
             self.metrics.agent_connected(reconnect=session.name in self._known_agents)
         self._known_agents.add(session.name)
         if old is not None:
+            # TODO: two live agents given one name (possible without TLS) replace each
+            # other in turn and their steps run again; a duplicate should be refused.
             log.warning("agent_replaced", agent=session.name)
             old.close()
         schemas = _schemas(hello)
