@@ -3,7 +3,7 @@
     python bench/probe_agent.py --timings FILE --coordinator HOST:PORT --name NAME ...
 
 Runs `workflow_agent.agent.Agent` unchanged. Two of its methods are wrapped
-only to note the time: when a step start arrives (`_handle`) and when a final
+only to note the time: when a step start arrives (`_take_start`) and when a final
 result is queued on the stream (`_send`). On SIGTERM the agent stops as usual
 and the times are written to FILE as JSON: {"starts": {key: ns}, "results":
 {key: ns}}, keys "run_id/step_id/attempt", times from time.perf_counter_ns().
@@ -63,10 +63,9 @@ class ProbeAgent(Agent):
         self.starts: dict[str, int] = {}
         self.results: dict[str, int] = {}
 
-    def _handle(self, message: pb.CoordinatorMessage) -> None:
-        if message.WhichOneof("kind") == "start":
-            self.starts[_key(message.start.ref)] = time.perf_counter_ns()
-        super()._handle(message)
+    def _take_start(self, start: pb.StartStep) -> None:
+        self.starts[_key(start.ref)] = time.perf_counter_ns()
+        super()._take_start(start)
 
     def _send(self, message: pb.AgentMessage) -> None:
         if message.WhichOneof("kind") == "step" and message.step.WhichOneof("kind") in (

@@ -23,7 +23,7 @@ import grpc
 import structlog
 
 from workflow_agent.outbox import Outbox
-from workflowd import __version__, wire
+from workflowd import __version__, batching, wire
 from workflowd.dispatch import AttemptKey
 from workflowd.execution import Outcome, execute, for_wire
 from workflowd.grpc_options import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
@@ -177,6 +177,7 @@ class Agent:
         self.installed: frozenset[str] = frozenset(self.plugins)
         # the coordinator's limit, once its welcome says it
         self.max_message_bytes = MAX_MESSAGE_BYTES
+        self._batched_events = False  # the coordinator reads StepEvents, once it says so
         self.metrics = metrics
         if metrics is not None:
             metrics.steps_running.set_function(lambda: self.running)
@@ -270,6 +271,7 @@ class Agent:
                 running=[_ref(key) for key in self._running],
                 held=[_ref(key) for key in self._held.attempts()],
                 batched_acks=True,
+                batched_starts=True,
             )
         )
 
@@ -289,6 +291,7 @@ class Agent:
                 raise Rejected(first.reject.reason)
             interval_s = first.welcome.heartbeat_interval_s or 5.0
             self._adopt_limit(first.welcome.max_message_bytes)
+            self._batched_events = first.welcome.batched_events
 
             outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
             for message in self._held.written():
@@ -354,8 +357,15 @@ class Agent:
         self, call: grpc.aio.StreamStreamCall, outbox: asyncio.Queue[pb.AgentMessage]
     ) -> None:
         while True:
-            await call.write(await outbox.get())
-            outbox.task_done()
+            # what waits goes together: each message costs more than a short step
+            taken = [await outbox.get()]
+            while not outbox.empty() and len(taken) < batching.MAX_PER_MESSAGE:
+                taken.append(outbox.get_nowait())
+            budget_bytes = self.max_message_bytes // 2
+            for message in batching.agent_messages(taken, self._batched_events, budget_bytes):
+                await call.write(message)
+            for _ in taken:
+                outbox.task_done()
 
     async def _heartbeat(self, outbox: asyncio.Queue[pb.AgentMessage], interval_s: float) -> None:
         while True:
@@ -374,11 +384,10 @@ class Agent:
     def _handle(self, message: pb.CoordinatorMessage) -> None:
         kind = message.WhichOneof("kind")
         if kind == "start":
-            for ref in message.start.acks:
-                self._held.ack((ref.run_id, ref.step_id, ref.attempt))
-            if message.start.acks:
-                self._acked.set()
-            self._start(message.start)
+            self._take_start(message.start)
+        elif kind == "starts":
+            for start in message.starts.starts:
+                self._take_start(start)
         elif kind == "cancel":
             cancel = message.cancel
             key = (cancel.ref.run_id, cancel.ref.step_id, cancel.ref.attempt)
@@ -408,6 +417,14 @@ class Agent:
             raise Rejected(message.reject.reason)
 
     # ---------------------------------------------------------------- steps
+
+    def _take_start(self, start: pb.StartStep) -> None:
+        """A step start, and the acknowledgements that came with it."""
+        for ref in start.acks:
+            self._held.ack((ref.run_id, ref.step_id, ref.attempt))
+        if start.acks:
+            self._acked.set()
+        self._start(start)
 
     def _start(self, start: pb.StartStep) -> None:
         key = (start.ref.run_id, start.ref.step_id, start.ref.attempt)

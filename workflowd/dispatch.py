@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from workflowd import batching
 from workflowd.engine import AgentView
 from workflowd.rpc import workflow_pb2 as pb
 
@@ -35,6 +36,8 @@ class AgentSession:
     acks: list[pb.AttemptRef] = field(default_factory=list)  # not sent yet
     ack_timer: asyncio.TimerHandle | None = None
     batched_acks: bool = False  # the agent reads acknowledgements sent together
+    batched_starts: bool = False  # the agent reads several step starts in one message
+    ending: bool = False  # the writer has taken the end of the stream from the outbox
 
     def __post_init__(self) -> None:
         self.plugins = frozenset(self.plugins)  # any iterable of names (a dict: its keys)
@@ -46,6 +49,19 @@ class AgentSession:
             else:
                 self.send_acks()
         self.outbox.put_nowait(message)
+
+    async def take_outgoing(self) -> list[pb.CoordinatorMessage] | None:
+        """The messages waiting to be written, at least one; None once the stream is to end."""
+        if self.ending or (first := await self.outbox.get()) is None:
+            return None
+        taken = [first]
+        while not self.outbox.empty() and len(taken) < batching.MAX_PER_MESSAGE:
+            message = self.outbox.get_nowait()
+            if message is None:
+                self.ending = True  # what came before it still goes
+                break
+            taken.append(message)
+        return taken
 
     def acknowledge(self, ref: pb.AttemptRef) -> None:
         """Tell the agent its result is stored: with its next step start, or soon."""

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from workflowd.batching import MAX_PER_MESSAGE
 from workflowd.rpc import workflow_pb2 as pb
 
 CONNECT = "/workflow.v1.AgentService/Connect"
@@ -73,6 +74,11 @@ def forgeries(run_id: str, step_id: str, attempt: int) -> list[pb.AgentMessage]:
     # a result before it started, a second hello, a step event without a kind
     messages += [step(run_id, step_id, attempt, completed=completed), hello("again")]
     messages.append(pb.AgentMessage(step=pb.StepEvent(ref=pb.AttemptRef(run_id=run_id))))
+    # the same forgeries again, all in one batch, and a batch of more events than allowed
+    events = [m.step for m in messages if m.WhichOneof("kind") == "step"]
+    messages.append(pb.AgentMessage(steps=pb.StepEvents(events=events)))
+    flood = [step(run_id, step_id, attempt, completed=completed).step] * (MAX_PER_MESSAGE + 1)
+    messages.append(pb.AgentMessage(steps=pb.StepEvents(events=flood)))
     return messages
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import Cluster, Pki, wait_for
+from workflowd.batching import MAX_PER_MESSAGE
 
 pytestmark = pytest.mark.e2e
 
@@ -86,6 +87,7 @@ def test_forged_results_from_a_rogue_agent_change_nothing(cluster: Cluster, writ
     assert kinds["report_rejected"] > 0
     assert kinds["agent_message_malformed"] > 0
     assert kinds["agent_message_undecodable"] == 1
+    assert kinds["agent_message_too_many_events"] == 1
     forged = [
         e
         for e in rejected
@@ -93,6 +95,25 @@ def test_forged_results_from_a_rogue_agent_change_nothing(cluster: Cluster, writ
     ]
     assert {e["type"] for e in forged} >= {"step_succeeded", "step_failed", "step_progress"}
     assert not [e for e in events if e["event"] == "agent_stream_failed"]
+
+
+def test_forgeries_batched_in_one_message_are_each_rejected(cluster: Cluster, write_flow) -> None:
+    """Forgeries sent alone and then in one StepEvents message are each refused, both times."""
+    run_id = start_honest_run(cluster, write_flow)
+
+    report = rogue(cluster, "--name", "rogue", "--run-id", run_id, "--step-id", "slow")
+
+    assert report["sent"] == 1 + report["forged"]
+    assert_unaffected(cluster, run_id)
+    rejected = [e for e in daemon_events(cluster) if e.get("agent") == "rogue"]
+    forged = Counter(
+        e["type"] for e in rejected if e["event"] == "report_rejected" and e["run_id"] == run_id
+    )
+    assert forged["step_succeeded"] > 0
+    assert all(count % 2 == 0 for count in forged.values()), forged
+    assert [e["events"] for e in rejected if e["event"] == "agent_message_too_many_events"] == [
+        MAX_PER_MESSAGE + 1
+    ]
 
 
 def test_rogue_cannot_claim_the_coordinators_name(cluster: Cluster, write_flow) -> None:

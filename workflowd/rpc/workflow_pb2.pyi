@@ -29,7 +29,7 @@ class AttemptRef(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., step_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("name", "labels", "plugins", "version", "running", "held", "batched_acks")
+    __slots__ = ("name", "labels", "plugins", "version", "running", "held", "batched_acks", "batched_starts")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class Hello(_message.Message):
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     BATCHED_ACKS_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_STARTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     plugins: _containers.RepeatedCompositeFieldContainer[PluginInfo]
@@ -51,7 +52,8 @@ class Hello(_message.Message):
     running: _containers.RepeatedCompositeFieldContainer[AttemptRef]
     held: _containers.RepeatedCompositeFieldContainer[AttemptRef]
     batched_acks: bool
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., plugins: _Optional[_Iterable[_Union[PluginInfo, _Mapping]]] = ..., version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., held: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., batched_acks: _Optional[bool] = ...) -> None: ...
+    batched_starts: bool
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., plugins: _Optional[_Iterable[_Union[PluginInfo, _Mapping]]] = ..., version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., held: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., batched_acks: _Optional[bool] = ..., batched_starts: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("running", "draining")
@@ -159,25 +161,35 @@ class StepEvent(_message.Message):
     implies_started: bool
     def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., started: _Optional[_Union[StepStarted, _Mapping]] = ..., progress: _Optional[_Union[StepProgress, _Mapping]] = ..., log: _Optional[_Union[StepLog, _Mapping]] = ..., completed: _Optional[_Union[StepCompleted, _Mapping]] = ..., failed: _Optional[_Union[StepFailed, _Mapping]] = ..., interrupted: _Optional[_Union[StepInterrupted, _Mapping]] = ..., message: _Optional[_Union[StepMessage, _Mapping]] = ..., output: _Optional[_Union[StepOutput, _Mapping]] = ..., receive: _Optional[_Union[ReceiveRequest, _Mapping]] = ..., implies_started: _Optional[bool] = ...) -> None: ...
 
+class StepEvents(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[StepEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[StepEvent, _Mapping]]] = ...) -> None: ...
+
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "step", "heartbeat")
+    __slots__ = ("hello", "step", "heartbeat", "steps")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     step: StepEvent
     heartbeat: Heartbeat
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., step: _Optional[_Union[StepEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    steps: StepEvents
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., step: _Optional[_Union[StepEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., steps: _Optional[_Union[StepEvents, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("coordinator_version", "heartbeat_interval_s", "max_message_bytes")
+    __slots__ = ("coordinator_version", "heartbeat_interval_s", "max_message_bytes", "batched_events")
     COORDINATOR_VERSION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_EVENTS_FIELD_NUMBER: _ClassVar[int]
     coordinator_version: str
     heartbeat_interval_s: float
     max_message_bytes: int
-    def __init__(self, coordinator_version: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    batched_events: bool
+    def __init__(self, coordinator_version: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., max_message_bytes: _Optional[int] = ..., batched_events: _Optional[bool] = ...) -> None: ...
 
 class StartStep(_message.Message):
     __slots__ = ("ref", "task", "params_json", "config_json", "rollback_on_failure", "acks")
@@ -240,7 +252,7 @@ class Delivery(_message.Message):
     def __init__(self, ref: _Optional[_Union[AttemptRef, _Mapping]] = ..., topic: _Optional[str] = ..., index: _Optional[int] = ..., payload_json: _Optional[str] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "start", "cancel", "ack", "reject", "config", "delivery")
+    __slots__ = ("welcome", "start", "cancel", "ack", "reject", "config", "delivery", "starts")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +260,7 @@ class CoordinatorMessage(_message.Message):
     REJECT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    STARTS_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     start: StartStep
     cancel: CancelStep
@@ -255,7 +268,14 @@ class CoordinatorMessage(_message.Message):
     reject: Reject
     config: ConfigUpdate
     delivery: Delivery
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start: _Optional[_Union[StartStep, _Mapping]] = ..., cancel: _Optional[_Union[CancelStep, _Mapping]] = ..., ack: _Optional[_Union[ResultAck, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., config: _Optional[_Union[ConfigUpdate, _Mapping]] = ..., delivery: _Optional[_Union[Delivery, _Mapping]] = ...) -> None: ...
+    starts: StartSteps
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start: _Optional[_Union[StartStep, _Mapping]] = ..., cancel: _Optional[_Union[CancelStep, _Mapping]] = ..., ack: _Optional[_Union[ResultAck, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., config: _Optional[_Union[ConfigUpdate, _Mapping]] = ..., delivery: _Optional[_Union[Delivery, _Mapping]] = ..., starts: _Optional[_Union[StartSteps, _Mapping]] = ...) -> None: ...
+
+class StartSteps(_message.Message):
+    __slots__ = ("starts",)
+    STARTS_FIELD_NUMBER: _ClassVar[int]
+    starts: _containers.RepeatedCompositeFieldContainer[StartStep]
+    def __init__(self, starts: _Optional[_Iterable[_Union[StartStep, _Mapping]]] = ...) -> None: ...
 
 class DefinitionSource(_message.Message):
     __slots__ = ("yaml", "filename")
