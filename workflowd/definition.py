@@ -287,6 +287,20 @@ class Workflow(_Frozen):
         )
 
     @cached_property
+    def plan_index(self) -> dict[str, int]:
+        """Each step id's place in `plan`."""
+        return {s.id: index for index, s in enumerate(self.steps)}
+
+    @cached_property
+    def dependents(self) -> dict[str, tuple[int, ...]]:
+        """For each step id, the places in `plan` of the steps that need it."""
+        found: dict[str, list[int]] = {s.id: [] for s in self.steps}
+        for index, step in enumerate(self.steps):
+            for need in self._needs[step.id]:
+                found[need].append(index)
+        return {sid: tuple(places) for sid, places in found.items()}
+
+    @cached_property
     def fanout_steps(self) -> tuple[Step, ...]:
         return tuple(step for step in self.steps if step.on.all)
 
