@@ -6,7 +6,9 @@ import asyncio
 import time
 from pathlib import Path
 
-from workflow_agent.outbox import Outbox
+import pytest
+
+from workflow_agent.outbox import COMPACT_MIN_BYTES, JOURNAL, Outbox, read_held
 from workflowd.rpc import workflow_pb2 as pb
 
 
@@ -40,20 +42,19 @@ def test_a_result_is_on_disk_when_its_write_is_done(tmp_path: Path) -> None:
     assert outbox.written() == [result("a")]
 
 
-def test_results_put_together_share_a_file_and_leave_with_the_last_ack(tmp_path: Path) -> None:
+def test_results_put_together_are_all_held_until_each_is_acknowledged(tmp_path: Path) -> None:
+    """Results written together come back after a restart, and leave with their acks."""
     outbox = Outbox(tmp_path)
     outbox.load()
     writes = [outbox.put(key(step), result(step)) for step in "abc"]
     for write in writes:
         write.result(timeout=10)
-    assert 1 <= len(list(tmp_path.glob("*.result"))) <= 2  # the first may go alone
 
     again = reloaded(tmp_path)
-    assert sorted(again.attempts()) == [key("a"), key("b"), key("c")]
+    assert again.attempts() == [key("a"), key("b"), key("c")]
     for step in "abc":
         again.ack(key(step))
     settle(again)
-    assert list(tmp_path.glob("*.result")) == []
     assert reloaded(tmp_path).attempts() == []
 
 
@@ -68,6 +69,21 @@ def test_an_acknowledged_result_is_gone_after_a_restart(tmp_path: Path) -> None:
     assert reloaded(tmp_path).attempts() == [key("b")]
 
 
+def test_an_acknowledgement_lost_in_a_crash_only_means_the_result_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    """Acknowledgements reach the disk with the next write; a crash before that keeps
+    the result, which is sent again (and recognised by the coordinator)."""
+    outbox = Outbox(tmp_path)
+    outbox.load()
+    outbox.put(key("a"), result("a")).result(timeout=10)
+    outbox.ack(key("a"))
+    assert read_held(tmp_path) == {key("a"): result("a")}  # not written yet: a crash keeps it
+
+    outbox.put(key("b"), result("b")).result(timeout=10)
+    assert list(read_held(tmp_path)) == [key("b")]
+
+
 def test_a_result_put_again_replaces_the_one_held(tmp_path: Path) -> None:
     """The newer result is the one a restarted agent sends, and only it."""
     outbox = Outbox(tmp_path)
@@ -76,20 +92,31 @@ def test_a_result_put_again_replaces_the_one_held(tmp_path: Path) -> None:
     outbox.put(key("a"), result("a", path="check")).result(timeout=10)
     settle(outbox)
     assert reloaded(tmp_path).messages() == [result("a", path="check")]
-    assert len(list(tmp_path.glob("*.result"))) == 1
 
 
-def test_a_result_file_of_an_older_agent_is_read(tmp_path: Path) -> None:
-    """A file holding one bare message, as earlier agents wrote them, is still understood."""
+def test_result_files_of_an_older_agent_are_read_and_folded_into_the_journal(
+    tmp_path: Path,
+) -> None:
+    """Files holding one bare message or several, as earlier agents wrote them, are read;
+    the newer of two results for one attempt wins, and the files give way to the journal."""
     (tmp_path / "run1.a.1.result").write_bytes(result("a").SerializeToString())
+    several = b"workflow-outbox 2\n"
+    for message in (result("b", path="run"), result("c")):
+        body = message.SerializeToString()
+        several += len(body).to_bytes(4, "big") + body
+    (tmp_path / "00000000000000000001-1-0.result").write_bytes(several)
+    newer = result("b", path="check").SerializeToString()
+    (tmp_path / "00000000000000000002-1-0.result").write_bytes(newer)
+
     outbox = reloaded(tmp_path)
-    assert outbox.attempts() == [key("a")]
-    outbox.ack(key("a"))
-    settle(outbox)
+
+    assert outbox.attempts() == [key("a"), key("c"), key("b")]
+    assert outbox.get(key("b")) == result("b", path="check")
     assert list(tmp_path.glob("*.result")) == []
+    assert reloaded(tmp_path).messages() == outbox.messages()
 
 
-def test_a_damaged_file_is_set_aside_and_a_torn_write_dropped(tmp_path: Path) -> None:
+def test_a_damaged_result_file_of_an_older_agent_is_set_aside(tmp_path: Path) -> None:
     good = Outbox(tmp_path)
     good.load()
     good.put(key("a"), result("a")).result(timeout=10)
@@ -101,23 +128,67 @@ def test_a_damaged_file_is_set_aside_and_a_torn_write_dropped(tmp_path: Path) ->
     assert not (tmp_path / "torn.tmp").exists()
 
 
-def test_a_replaced_result_left_behind_by_a_crash_does_not_come_back(tmp_path: Path) -> None:
-    """Killed after writing a newer result for an attempt but before removing the older
-    file, the agent sends the newer one, and once it is acknowledged, neither returns."""
+@pytest.mark.parametrize("tail", [b"\x00\x00\x01\x00P half a record", b"\x00" * 4096])
+def test_a_record_torn_by_a_crash_is_cut_off_and_writing_goes_on(
+    tmp_path: Path, tail: bytes
+) -> None:
+    """The end of a write that a crash interrupted (never reported done) is dropped,
+    and what is written after it is read back."""
     outbox = Outbox(tmp_path)
     outbox.load()
-    outbox.put(key("a"), result("a", path="run")).result(timeout=10)
-    older = {p.name: p.read_bytes() for p in tmp_path.glob("*.result")}
-    outbox.put(key("a"), result("a", path="check")).result(timeout=10)
-    settle(outbox)
-    for name, data in older.items():  # as if the removal had not happened
-        (tmp_path / name).write_bytes(data)
+    outbox.put(key("a"), result("a")).result(timeout=10)
+    with (tmp_path / JOURNAL).open("ab") as journal:
+        journal.write(tail)
 
     again = reloaded(tmp_path)
-    assert again.messages() == [result("a", path="check")]
-    again.ack(key("a"))
-    settle(again)
-    assert reloaded(tmp_path).attempts() == []
+    again.put(key("b"), result("b")).result(timeout=10)
+
+    assert reloaded(tmp_path).attempts() == [key("a"), key("b")]
+
+
+def test_a_journal_damaged_in_the_middle_is_set_aside_keeping_what_came_before(
+    tmp_path: Path,
+) -> None:
+    """A record that fails its checksum with more after it is damage, not a crash: the
+    journal is kept aside, the results before the damage are held in a new one."""
+    outbox = Outbox(tmp_path)
+    outbox.load()
+    outbox.put(key("a"), result("a")).result(timeout=10)
+    size = (tmp_path / JOURNAL).stat().st_size
+    outbox.put(key("b"), result("b")).result(timeout=10)
+    outbox.put(key("c"), result("c")).result(timeout=10)
+    data = bytearray((tmp_path / JOURNAL).read_bytes())
+    data[size + 12] ^= 0xFF  # inside b's record
+    (tmp_path / JOURNAL).write_bytes(bytes(data))
+
+    again = reloaded(tmp_path)
+
+    assert again.attempts() == [key("a")]
+    assert (tmp_path / "held.damaged").exists()
+    assert reloaded(tmp_path).attempts() == [key("a")]
+
+
+def test_the_journal_is_compacted_to_what_is_still_held(tmp_path: Path) -> None:
+    """Once the journal has grown past its limit, acknowledged results leave the file;
+    what is still held, and in its order, comes back after a restart."""
+    outbox = Outbox(tmp_path)
+    outbox.load()
+    big = '{"x": "' + "y" * 10_000 + '"}'
+    count = COMPACT_MIN_BYTES // 10_000 + 20
+    for index in range(count):
+        step = f"s{index}"
+        ref = pb.AttemptRef(run_id="run1", step_id=step, attempt=1)
+        message = pb.AgentMessage(
+            step=pb.StepEvent(ref=ref, completed=pb.StepCompleted(outputs_json=big))
+        )
+        outbox.put(key(step), message).result(timeout=10)
+        if index % 10:
+            outbox.ack(key(step))
+    settle(outbox)
+
+    assert (tmp_path / JOURNAL).stat().st_size < COMPACT_MIN_BYTES
+    kept = [key(f"s{index}") for index in range(0, count, 10)]
+    assert reloaded(tmp_path).attempts() == kept
 
 
 def test_a_write_replaced_before_it_started_still_completes(tmp_path: Path) -> None:
