@@ -38,12 +38,13 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pymongo
 import structlog
 from bson.binary import Binary
-from pymongo import AsyncMongoClient, WriteConcern
+from pymongo import AsyncMongoClient, UpdateOne, WriteConcern
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
@@ -73,6 +74,11 @@ INLINE_LIMIT_BYTES = 64 * 1024
 BATCH_INLINE_LIMIT_BYTES = 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 READ_BATCHES = 100
+
+# Appends that wait while one group is written go together in the next: one
+# insert of their history batches and one update of their runs, this many at most.
+MAX_GROUP = 500
+DUPLICATE_KEY = 11000
 
 MAX_BACKOFF_S = 5.0
 PING_TIMEOUT_S = 2.0
@@ -152,6 +158,17 @@ def _agent(doc: Mapping[str, Any]) -> AgentRecord:
     )
 
 
+@dataclass
+class _Append:
+    """An append waiting for the next group: its batch goes after seq `after`."""
+
+    run_id: str
+    entries: list[dict[str, Any]]
+    status: str
+    after: int
+    done: asyncio.Future[tuple[int, int]]  # the batch's first seq and time
+
+
 def _batch_id(run_id: str, first: int) -> str:
     return f"{run_id}:{first:012d}"
 
@@ -186,6 +203,12 @@ class MongoStore(Store):
         self._messages = db.get_collection("messages", **options)
         self._down_since: float | None = None
         self._down_logged = 0.0
+        # group commit: appends waiting for the next group, and the task writing groups
+        self._waiting: list[_Append] = []
+        self._group_writer: asyncio.Task[None] | None = None
+        # each run's last seq as this store wrote it: a wrong guess (another writer,
+        # a crash between a batch and its run) is caught by the batch's unique _id
+        self._last_seqs: dict[str, int] = {}
 
     # ------------------------------------------------------------ failures
 
@@ -275,6 +298,9 @@ class MongoStore(Store):
         await self._migrate()
 
     async def close(self) -> None:
+        if self._group_writer is not None:
+            # the appends under way end first: their callers are told how they went
+            await asyncio.gather(self._group_writer, return_exceptions=True)
         await self._client.close()
 
     async def _migrate(self) -> None:
@@ -493,6 +519,7 @@ class MongoStore(Store):
             # a concurrent submit with the same key won: drop what this one wrote
             await self._remove_history([run.run_id])
             return _run(holder), False
+        self._last_seqs[run.run_id] = len(events)
         return _run(doc), True
 
     async def _claim_run(self, doc: dict[str, Any]) -> dict[str, Any] | None:
@@ -511,34 +538,133 @@ class MongoStore(Store):
         return None
 
     async def append(self, run_id: str, events: Sequence[Event], status: str) -> list[Event]:
-        # TODO: group commit as the SQLite store does: batches of several runs that
-        # wait together inserted with one insert_many (one journal commit), and the
-        # run's last_seq kept in memory (a wrong guess is renumbered by _write_batch),
-        # would cut an append from three round trips and two durable writes.
-        run = await self._retry(
-            "read_run", lambda: self._runs_latest.find_one({"_id": run_id}, {"last_seq": 1})
-        )
-        if run is None:
-            raise StoreError(f"no run {run_id}")
-        last, now = run["last_seq"], now_ms()
-        numbered: list[Event] = []
-        if events:
-            entries = await self._entries(run_id, events)
-            first, now = await self._write_batch(run_id, entries, status, last, renumber=True)
-            numbered = [
-                Event(e.type, e.step_id, e.attempt, e.agent, e.data, seq, now)
-                for seq, e in enumerate(events, start=first)
-            ]
-            last = numbered[-1].seq
-        # the newest batch decides the run's status; an older writer changes nothing
-        await self._retry(
-            "update_run",
-            lambda: self._runs.update_one(
+        last = self._last_seqs.get(run_id)
+        if last is None:
+            run = await self._retry(
+                "read_run", lambda: self._runs_latest.find_one({"_id": run_id}, {"last_seq": 1})
+            )
+            if run is None:
+                raise StoreError(f"no run {run_id}")
+            last = self._last_seqs.setdefault(run_id, run["last_seq"])
+        if not events:
+            await self._update_runs({run_id: (last, status, now_ms())})
+            return []
+        entries = await self._entries(run_id, events)
+        write = _Append(run_id, entries, status, last, asyncio.get_running_loop().create_future())
+        self._waiting.append(write)
+        if self._group_writer is None:
+            self._group_writer = asyncio.create_task(self._write_groups())
+        first, now = await write.done
+        return [
+            Event(e.type, e.step_id, e.attempt, e.agent, e.data, seq, now)
+            for seq, e in enumerate(events, start=first)
+        ]
+
+    async def _write_groups(self) -> None:
+        """Write the waiting appends, a group at a time, until none wait."""
+        try:
+            while self._waiting:
+                group: list[_Append] = []
+                later: list[_Append] = []
+                runs: set[str] = set()
+                for write in self._waiting:
+                    # one batch per run in a group: a second one is numbered after it
+                    fits = write.run_id not in runs and len(group) < MAX_GROUP
+                    (group if fits else later).append(write)
+                    runs.add(write.run_id)
+                self._waiting = later
+                try:
+                    outcomes = await self._write_group(group)
+                except Exception as exc:  # noqa: BLE001 - handed to each write's caller
+                    failed = exc if isinstance(exc, StoreError) else StoreError(str(exc))
+                    outcomes = [failed] * len(group)
+                for write, outcome in zip(group, outcomes, strict=True):
+                    if write.done.done():
+                        continue  # its caller stopped waiting; the write stands all the same
+                    if isinstance(outcome, BaseException):
+                        write.done.set_exception(outcome)
+                    else:
+                        write.done.set_result(outcome)
+        finally:
+            self._group_writer = None
+
+    async def _write_group(self, group: list[_Append]) -> list[tuple[int, int] | BaseException]:
+        """Insert the group's batches together, then update their runs together."""
+        now = now_ms()
+        batches = []
+        for write in group:
+            first = write.after + 1
+            batches.append(
+                {
+                    "_id": _batch_id(write.run_id, first),
+                    "run_id": write.run_id,
+                    "first": first,
+                    "last": first + len(write.entries) - 1,
+                    "status": write.status,
+                    "time_ms": now,
+                    "token": uuid.uuid4().hex,
+                    "events": write.entries,
+                }
+            )
+        taken = await self._retry("append", lambda: self._claim_many(batches))
+        outcomes: list[tuple[int, int] | BaseException] = []
+        updates: dict[str, tuple[int, str, int]] = {}
+        for index, (write, batch) in enumerate(zip(group, batches, strict=True)):
+            first, time_ms = batch["first"], now
+            if index in taken:
+                # another writer took this seq: numbered after the newest batch instead
+                last = await self._retry("read_last_seq", lambda w=write: self._last_seq(w.run_id))
+                try:
+                    first, time_ms = await self._write_batch(
+                        write.run_id, write.entries, write.status, last, renumber=True
+                    )
+                except StoreError as exc:
+                    outcomes.append(exc)
+                    continue
+            last = first + len(write.entries) - 1
+            if write.status in RUN_FINISHED:
+                self._last_seqs.pop(write.run_id, None)  # read again if it is resumed
+            else:
+                self._last_seqs[write.run_id] = last
+            updates[write.run_id] = (last, write.status, time_ms)
+            outcomes.append((first, time_ms))
+        await self._update_runs(updates)
+        return outcomes
+
+    async def _claim_many(self, batches: list[dict[str, Any]]) -> set[int]:
+        """Insert history batches; the indexes of those whose seq another writer took.
+
+        Safe to repeat, as `_claim` is: a batch found under its `_id` with its own
+        token is one an earlier try inserted.
+        """
+        try:
+            await self._events.insert_many(batches, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                raise
+            clashes = {int(error["index"]) for error in errors}
+            ids = [batches[index]["_id"] for index in clashes]
+            found = await self._events_latest.find({"_id": {"$in": ids}}, {"token": 1}).to_list(
+                None
+            )
+            tokens = {doc["_id"]: doc.get("token") for doc in found}
+            return {i for i in clashes if tokens.get(batches[i]["_id"]) != batches[i]["token"]}
+        return set()
+
+    async def _update_runs(self, updates: Mapping[str, tuple[int, str, int]]) -> None:
+        """Set each run's last seq, status and time; the newest batch decides, an
+        older writer changes nothing."""
+        if not updates:
+            return
+        requests = [
+            UpdateOne(
                 {"_id": run_id, "last_seq": {"$lte": last}},
-                {"$set": {"last_seq": last, "status": status, "updated_ms": now}},
-            ),
-        )
-        return numbered
+                {"$set": {"last_seq": last, "status": status, "updated_ms": time_ms}},
+            )
+            for run_id, (last, status, time_ms) in updates.items()
+        ]
+        await self._retry("update_run", lambda: self._runs.bulk_write(requests, ordered=False))
 
     async def events(self, run_id: str, after_seq: int = 0, limit: int = 1000) -> list[Event]:
         found: list[Event] = []
@@ -646,6 +772,8 @@ class MongoStore(Store):
             if not docs:
                 break
             ids = [doc["_id"] for doc in docs]
+            for run_id in ids:
+                self._last_seqs.pop(run_id, None)
             await self._remove_history(ids)
             result = await self._retry(
                 "prune_runs",

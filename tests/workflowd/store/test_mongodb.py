@@ -159,6 +159,83 @@ def test_a_retried_write_is_recognised_as_already_there(
     assert [e.seq for e in numbered] == [3]
 
 
+class _Writes(pymongo.monitoring.CommandListener):
+    """The insert and update commands sent to one database while `watching` is set.
+
+    pymongo registers listeners for the whole process, for every client made after:
+    this one counts only while a test asks it to."""
+
+    def __init__(self) -> None:
+        self.database = ""
+        self.commands: list[str] = []
+
+    def started(self, event: Any) -> None:
+        if event.database_name == self.database and event.command_name in ("insert", "update"):
+            self.commands.append(event.command_name)
+
+    def succeeded(self, event: Any) -> None:
+        pass
+
+    def failed(self, event: Any) -> None:
+        pass
+
+
+_WRITES = _Writes()
+pymongo.monitoring.register(_WRITES)
+
+
+def test_appends_to_many_runs_at_once_share_one_insert_and_land_in_order(
+    mongo: MongoStore, db: Any, run: Run
+) -> None:
+    """Appends that wait together go in one insert of history batches and one update of
+    runs; each run's history is numbered without a gap and its record follows it."""
+    runs = [run(mongo.create_run(record(), [log_event("first")]))[0] for _ in range(30)]
+
+    async def burst() -> list[list[Event]]:
+        appends = [
+            mongo.append(s.run_id, [log_event("a"), log_event("b")], "running") for s in runs
+        ]
+        return await asyncio.gather(*appends)
+
+    _WRITES.database, _WRITES.commands = db.name, []
+    try:
+        appended = run(burst())
+    finally:
+        _WRITES.database = ""
+
+    assert [[e.seq for e in events] for events in appended] == [[2, 3]] * len(runs)
+    # the first append may go alone, the others wait for it and go together
+    assert _WRITES.commands.count("insert") <= 2, _WRITES.commands
+    assert _WRITES.commands.count("update") <= 2, _WRITES.commands
+    for stored in runs:
+        assert [b["first"] for b in db.events.find({"run_id": stored.run_id})] == [1, 2]
+        assert db.runs.find_one({"_id": stored.run_id})["last_seq"] == 3
+
+
+def test_a_seq_taken_by_another_writer_is_renumbered_after_it(
+    mongo_uri: str, mongo: MongoStore, db: Any, run: Run
+) -> None:
+    """This store's idea of a run's last seq is only a guess: when another writer
+    appended meanwhile, the batch goes after the newest one, with no gap and no overlap."""
+    stored, _ = run(mongo.create_run(record(), [log_event("a")]))
+    other = MongoStore(mongo_uri, wait_s=30)
+    run(other.open())
+    run(other.append(stored.run_id, [log_event("b"), log_event("c")], "running"))
+    run(other.close())
+
+    numbered = run(mongo.append(stored.run_id, [log_event("d")], "running"))
+
+    assert [e.seq for e in numbered] == [4]
+    history = run(mongo.events(stored.run_id))
+    assert [(e.seq, e.data["message"]) for e in history] == [
+        (1, "a"),
+        (2, "b"),
+        (3, "c"),
+        (4, "d"),
+    ]
+    assert db.runs.find_one({"_id": stored.run_id})["last_seq"] == 4
+
+
 def test_a_run_record_left_behind_by_a_crash_is_repaired(
     mongo: MongoStore, db: Any, run: Run
 ) -> None:
