@@ -835,7 +835,10 @@ def _dispatch_or_wait(
 def next_wake_ms(state: RunState, limits: Limits = Limits()) -> int | None:
     """The earliest time at which `decide` may say something new without new events."""
     times = []
-    for step in state.workflow.steps:
+    plan = state.workflow.plan
+    # a step that has not begun, or is done, has no clock running: the frontier holds the rest
+    for index in state.frontier or ():
+        step = plan[index][1]
         for key in state.instances(step.id) if step.fans_out else [step.id]:
             current = state.step(key)
             if current.status in STEP_ACTIVE and step.timeout is not None:

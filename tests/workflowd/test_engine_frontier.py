@@ -22,6 +22,8 @@ def flow(needs: list[list[int] | None], fan_out: set[int]) -> str:
     steps = []
     for index, wanted in enumerate(needs):
         step: dict = {"id": f"s{index}", "task": "noop", "retry": {"attempts": 2, "backoff": "1s"}}
+        if index % 2:
+            step["timeout"] = f"{10 + index}s"
         fanned = {"all": True, "labels": {"role": "w"}}
         step["on"] = fanned if index in fan_out else {"agent": "host-a"}
         if wanted is not None:
@@ -33,6 +35,11 @@ def flow(needs: list[list[int] | None], fan_out: set[int]) -> str:
 def fresh(state: RunState) -> RunState:
     """The same state with what follows from its steps worked out from every step."""
     return replace(state, frontier=None)
+
+
+def every_step(state: RunState) -> RunState:
+    """The same state with every step in its frontier: nothing passed over."""
+    return replace(state, frontier=frozenset(range(len(state.workflow.plan))))
 
 
 @st.composite
@@ -50,7 +57,8 @@ def workflows(draw: st.DrawFn) -> str:
 @given(text=workflows(), moves=st.lists(st.integers(0, 99), max_size=60))
 def test_decisions_from_the_frontier_match_a_look_at_every_step(text: str, moves: list) -> None:
     """Whatever happens to a run (results, failures, retries, resumes), each decision made
-    from the steps kept up to date equals the one made from a fresh look at every step."""
+    from the steps kept up to date equals the one made from a fresh look at every step,
+    and so does the time the run next needs looking at (a retry's backoff, a timeout)."""
     state = initial("run-1", load(text, "flow.yaml"), {}, {})
     seq = 0
     now_ms = 1000
@@ -66,6 +74,7 @@ def test_decisions_from_the_frontier_match_a_look_at_every_step(text: str, moves
         expected = decide(fresh(state), AGENTS, now_ms)
         assert decide(state, AGENTS, now_ms) == expected
         assert state.done_steps == fresh(state).done_steps
+        assert engine.next_wake_ms(state) == engine.next_wake_ms(every_step(state))
         if state.finished:
             if state.status == engine.SUCCEEDED and move % 2:
                 break
