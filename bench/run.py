@@ -673,7 +673,7 @@ def main() -> None:
     parser.add_argument("--pingpong-s", type=float, default=5.0)
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--mongo-runs", type=int, default=20)
+    parser.add_argument("--mongo-runs", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--latency-steps", type=int, default=500)
     parser.add_argument(
