@@ -42,7 +42,7 @@ certs: install  ## a CA, a coordinator on localhost, agents host-a and host-b, a
 	$(BIN)/workflowctl certs issue $(CERTS) agent host-b
 	$(BIN)/workflowctl certs issue $(CERTS) operator operator
 
-bench: install  ## the benchmark suite (about 5 minutes): prints a table, writes bench/results/
+bench: install  ## the benchmark suite (about 3 minutes): prints a table, writes bench/results/
 	$(BIN)/pip install --quiet -e '.[bench]' || echo "bench: the Celery peer baseline needs celery and redis; it will be skipped"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
