@@ -190,16 +190,19 @@ def main(
         tls=credentials is not None,
     )
     metrics = operations.agent_metrics(metrics_listen)
-    agent = Agent(
-        coordinator,
-        name,
-        labels,
-        plugins,
-        work_dir,
-        grace_s,
-        metrics=metrics,
-        credentials=credentials,
-    )
+    try:
+        agent = Agent(
+            coordinator,
+            name,
+            labels,
+            plugins,
+            work_dir,
+            grace_s,
+            metrics=metrics,
+            credentials=credentials,
+        )
+    except WorkflowError as exc:
+        raise click.ClickException(str(exc)) from None
     agent.installed = installed_plugins()
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(_serve(agent, metrics_listen))

@@ -18,7 +18,8 @@ fsynced), so that a crash leaves the old journal or the new one.
 
 On start, a torn last record (a crash in the middle of a write, before the
 write was reported done) is cut off; a journal damaged elsewhere is set
-aside, keeping what could be read before the damage. Result files of older
+aside, keeping every record that can still be read, before the damage and
+after it. Result files of older
 agents (one file per write) are read and folded into the journal.
 """
 
@@ -36,6 +37,7 @@ import structlog
 from google.protobuf.message import DecodeError, Message
 
 from workflowd.dispatch import AttemptKey
+from workflowd.errors import WorkflowError
 from workflowd.rpc import workflow_pb2 as pb
 
 log = structlog.get_logger()
@@ -43,7 +45,11 @@ log = structlog.get_logger()
 JOURNAL = "held.journal"
 JOURNAL_MAGIC = b"workflow-outbox journal 1\n"
 _PUT, _ACK = b"P", b"A"
-_HEADER_BYTES = 8  # length and CRC-32 of the record's kind and body, big-endian
+# A record: its payload's length, a CRC-32 of those 4 bytes, a CRC-32 of the
+# payload (big-endian, 4 bytes each), then the payload (a kind byte and a body).
+# The length has a checksum of its own so that a damaged length is told from
+# a torn last record: either would point past the end of the file.
+_HEADER_BYTES = 12
 # The journal is compacted once it exceeds this, and twice its size after the last compaction.
 COMPACT_MIN_BYTES = 1 << 20
 
@@ -59,8 +65,17 @@ def _key(message: pb.AgentMessage) -> AttemptKey:
 
 def _record(kind: bytes, body: bytes) -> bytes:
     payload = kind + body
-    header = len(payload).to_bytes(4, "big") + zlib.crc32(payload).to_bytes(4, "big")
-    return header + payload
+    size = len(payload).to_bytes(4, "big")
+    return (
+        size
+        + zlib.crc32(size).to_bytes(4, "big")
+        + zlib.crc32(payload).to_bytes(4, "big")
+        + payload
+    )
+
+
+class OutboxError(WorkflowError):
+    """The outbox cannot be read or written where it is: the agent cannot start."""
 
 
 class JournalDamagedError(ValueError):
@@ -72,41 +87,66 @@ class JournalDamagedError(ValueError):
         self.held = held
 
 
+def _whole_record(data: bytes, at: int) -> bool:
+    """Whether a record whose checksums hold starts at `at`."""
+    header = data[at : at + _HEADER_BYTES]
+    if len(header) < _HEADER_BYTES or zlib.crc32(header[:4]) != int.from_bytes(header[4:8], "big"):
+        return False
+    end = at + _HEADER_BYTES + int.from_bytes(header[:4], "big")
+    payload = data[at + _HEADER_BYTES : end]
+    return end <= len(data) and zlib.crc32(payload) == int.from_bytes(header[8:], "big")
+
+
 def read_journal(data: bytes) -> tuple[dict[AttemptKey, pb.AgentMessage], int]:
     """What a journal holds, oldest first, and where its last whole record ends.
 
-    Raises JournalDamagedError when a record other than the last cannot be read.
+    Raises JournalDamagedError when a record other than the last cannot be read;
+    what it holds then is every record that could be read, before the damage and
+    after it (the next place where a record's checksums hold).
     """
     if not data.startswith(JOURNAL_MAGIC):
         raise JournalDamagedError(0, {})
     held: dict[AttemptKey, pb.AgentMessage] = {}
+    damaged_at: int | None = None
     at = len(JOURNAL_MAGIC)
     while at < len(data):
-        size = int.from_bytes(data[at : at + 4], "big")
-        end = at + _HEADER_BYTES + size
-        payload = data[at + _HEADER_BYTES : end]
-        whole = len(data) >= at + _HEADER_BYTES and len(payload) == size and size > 0
-        if not whole or zlib.crc32(payload) != int.from_bytes(data[at + 4 : at + 8], "big"):
-            if end >= len(data) or not data[at:].strip(b"\0"):
-                # the last record, torn by a crash mid-write (it was never reported
-                # done), or zeros where the crash left the file longer than its data
-                break
-            raise JournalDamagedError(at, held)
-        kind, body = payload[:1], payload[1:]
-        try:
-            if kind == _PUT:
-                message = pb.AgentMessage.FromString(body)
-                held.pop(_key(message), None)  # put again: the newer one, in its place
-                held[_key(message)] = message
-            elif kind == _ACK:
-                ref = pb.AttemptRef.FromString(body)
-                held.pop((ref.run_id, ref.step_id, ref.attempt), None)
-            else:
-                raise JournalDamagedError(at, held)
-        except DecodeError as exc:
-            raise JournalDamagedError(at, held) from exc
+        header = data[at : at + _HEADER_BYTES]
+        if len(header) < _HEADER_BYTES or not data[at:].strip(b"\0"):
+            # the last record, torn by a crash mid-write (it was never reported
+            # done), or zeros where the crash left the file longer than its data
+            break
+        end = at + _HEADER_BYTES + int.from_bytes(header[:4], "big")
+        length_holds = zlib.crc32(header[:4]) == int.from_bytes(header[4:8], "big")
+        if length_holds and end >= len(data) and not _whole_record(data, at):
+            break  # the last record, torn: its length was written, not all of its payload
+        if not (_whole_record(data, at) and _apply(held, data[at + _HEADER_BYTES : end])):
+            # damage: a length, a payload or a kind that is wrong. Read on from
+            # the next record, if any: a record's two checksums do not hold by chance
+            damaged_at = at if damaged_at is None else damaged_at
+            at = next((i for i in range(at + 1, len(data)) if _whole_record(data, i)), len(data))
+            continue
         at = end
+    if damaged_at is not None:
+        raise JournalDamagedError(damaged_at, held)
     return held, at
+
+
+def _apply(held: dict[AttemptKey, pb.AgentMessage], payload: bytes) -> bool:
+    """Apply one record's payload to what is held; False if it is not a record."""
+    kind, body = payload[:1], payload[1:]
+    try:
+        if kind == _PUT:
+            message = pb.AgentMessage.FromString(body)
+            held.pop(_key(message), None)  # put again: the newer one, in its place
+            held[_key(message)] = message
+        elif kind == _ACK:
+            ref = pb.AttemptRef.FromString(body)
+            held.pop((ref.run_id, ref.step_id, ref.attempt), None)
+        else:
+            return False
+    except DecodeError:
+        return False
+    return True
 
 
 def read_held(directory: Path) -> dict[AttemptKey, pb.AgentMessage]:
@@ -196,7 +236,20 @@ class Outbox:
     # ------------------------------------------------------------ start
 
     def load(self) -> None:
-        """Read what a previous life of this agent left unacknowledged, and repair the journal."""
+        """Read what a previous life of this agent left unacknowledged, and repair the journal.
+
+        Raises OutboxError when the directory or the journal cannot be used (not a
+        directory, not readable): a results store the agent cannot trust.
+        """
+        try:
+            self._load()
+        except OSError as exc:
+            raise OutboxError(
+                f"the outbox in {self.directory} cannot be used: {exc.strerror or exc}"
+                f"{f' ({exc.filename})' if exc.filename else ''}"
+            ) from exc
+
+    def _load(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         for leftover in self.directory.glob("*.tmp"):
             leftover.unlink()  # a compaction that a crash interrupted: the journal stands

@@ -145,3 +145,31 @@ def test_unreachable_coordinator_is_a_clear_error(tmp_path, write_flow) -> None:
     result = idle.ctl("submit", str(write_flow(GOOD)))
     assert result.code == 4
     assert f"cannot reach workflowd at {idle.address}" in result.stderr
+
+
+@pytest.mark.parametrize("spoil", ["outbox is a file", "journal is a directory"])
+def test_an_agent_whose_outbox_cannot_be_used_says_so_and_does_not_start(
+    tmp_path, spoil: str
+) -> None:
+    """The outbox is where results wait to be acknowledged: an agent that cannot use it
+    stops at once with one line naming it, not a traceback, and connects to nothing."""
+    import subprocess
+
+    from tests.cluster import BIN
+
+    work = tmp_path / "work"
+    work.mkdir()
+    if spoil == "outbox is a file":
+        (work / "outbox").write_text("not a directory")
+    else:
+        (work / "outbox" / "held.journal").mkdir(parents=True)
+    done = subprocess.run(
+        [str(BIN / "workflow-agent"), "--name", "host-a", "--work-dir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"Error: the outbox in {work / 'outbox'} cannot be used" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -128,44 +129,75 @@ def test_a_damaged_result_file_of_an_older_agent_is_set_aside(tmp_path: Path) ->
     assert not (tmp_path / "torn.tmp").exists()
 
 
-@pytest.mark.parametrize("tail", [b"\x00\x00\x01\x00P half a record", b"\x00" * 4096])
+def cut_in_header(data: bytearray, at: int) -> bytearray:
+    return data[: at + 6]
+
+
+def cut_in_payload(data: bytearray, at: int) -> bytearray:
+    return data[: at + 20]
+
+
+def zeros_after(data: bytearray, at: int) -> bytearray:
+    return data[:at] + bytes(4096)  # the crash left the file longer than its data
+
+
+@pytest.mark.parametrize("tear", [cut_in_header, cut_in_payload, zeros_after])
 def test_a_record_torn_by_a_crash_is_cut_off_and_writing_goes_on(
-    tmp_path: Path, tail: bytes
+    tmp_path: Path, tear: Callable[[bytearray, int], bytearray]
 ) -> None:
     """The end of a write that a crash interrupted (never reported done) is dropped,
-    and what is written after it is read back."""
-    outbox = Outbox(tmp_path)
-    outbox.load()
-    outbox.put(key("a"), result("a")).result(timeout=10)
-    with (tmp_path / JOURNAL).open("ab") as journal:
-        journal.write(tail)
-
-    again = reloaded(tmp_path)
-    again.put(key("b"), result("b")).result(timeout=10)
-
-    assert reloaded(tmp_path).attempts() == [key("a"), key("b")]
-
-
-def test_a_journal_damaged_in_the_middle_is_set_aside_keeping_what_came_before(
-    tmp_path: Path,
-) -> None:
-    """A record that fails its checksum with more after it is damage, not a crash: the
-    journal is kept aside, the results before the damage are held in a new one."""
+    not taken for damage, and what is written after it is read back."""
     outbox = Outbox(tmp_path)
     outbox.load()
     outbox.put(key("a"), result("a")).result(timeout=10)
     size = (tmp_path / JOURNAL).stat().st_size
     outbox.put(key("b"), result("b")).result(timeout=10)
-    outbox.put(key("c"), result("c")).result(timeout=10)
     data = bytearray((tmp_path / JOURNAL).read_bytes())
-    data[size + 12] ^= 0xFF  # inside b's record
-    (tmp_path / JOURNAL).write_bytes(bytes(data))
+    (tmp_path / JOURNAL).write_bytes(bytes(tear(data, size)))
+
+    again = reloaded(tmp_path)
+    again.put(key("c"), result("c")).result(timeout=10)
+
+    assert reloaded(tmp_path).attempts() == [key("a"), key("c")]
+    assert not (tmp_path / "held.damaged").exists()
+
+
+def three_results_with_damage(directory: Path, damage: Callable[[bytearray, int], None]) -> None:
+    """Results a, b and c in a journal, then `damage` done to it at b's first byte."""
+    outbox = Outbox(directory)
+    outbox.load()
+    outbox.put(key("a"), result("a")).result(timeout=10)
+    size = (directory / JOURNAL).stat().st_size
+    outbox.put(key("b"), result("b")).result(timeout=10)
+    outbox.put(key("c"), result("c")).result(timeout=10)
+    data = bytearray((directory / JOURNAL).read_bytes())
+    damage(data, size)
+    (directory / JOURNAL).write_bytes(bytes(data))
+
+
+def flip_payload(data: bytearray, at: int) -> None:
+    data[at + 14] ^= 0xFF  # inside b's payload
+
+
+def flip_length(data: bytearray, at: int) -> None:
+    data[at] = 0x7F  # b's length now points far past the end of the file
+
+
+@pytest.mark.parametrize("damage", [flip_payload, flip_length], ids=["payload", "length"])
+def test_a_journal_damaged_in_the_middle_is_set_aside_keeping_what_can_be_read(
+    tmp_path: Path, damage: Callable[[bytearray, int], None]
+) -> None:
+    """A record that fails a checksum with more after it is damage, not a crash (even a
+    length that points past the end): the journal is kept aside, and the results before
+    the damage and after it are held in a new one."""
+    three_results_with_damage(tmp_path, damage)
 
     again = reloaded(tmp_path)
 
-    assert again.attempts() == [key("a")]
+    assert again.attempts() == [key("a"), key("c")]
     assert (tmp_path / "held.damaged").exists()
-    assert reloaded(tmp_path).attempts() == [key("a")]
+    assert reloaded(tmp_path).attempts() == [key("a"), key("c")]
+    assert read_held(tmp_path).keys() == {key("a"), key("c")}
 
 
 def test_the_journal_is_compacted_to_what_is_still_held(tmp_path: Path) -> None:
