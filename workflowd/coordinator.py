@@ -657,8 +657,10 @@ class Coordinator:
         """
         if run_id not in self._states:
             # a finished or unknown run: nothing to change, whatever it says
-            known = await self.store.get_run(run_id) is not None
-            return self._rejected(engine.STALE if known else engine.FOREIGN, agent, run_id, event)
+            if await self.store.get_run(run_id) is None:
+                return engine.FOREIGN
+            verdict = await self._verdict_after_finish(run_id, event)
+            return self._rejected(verdict, agent, run_id, event)
         if event.type in LAZY_EVENTS:
             return self._report_lazy(agent, run_id, event)
         async with self._locks[run_id]:
@@ -684,6 +686,21 @@ class Coordinator:
         if not settled:
             await self.advance(run_id)
         return verdict
+
+    async def _verdict_after_finish(self, run_id: str, event: Event) -> str:
+        """A report about a run that has finished: a duplicate when its history holds
+        this very result (re-sent because its acknowledgement was lost, as after a
+        restart), stale otherwise (a result from an attempt the run gave up on)."""
+        if event.type not in FINAL_EVENTS:
+            return engine.STALE
+        after = 0
+        while found := await self.store.events(run_id, after):
+            for stored in found:
+                same = (stored.type, stored.step_id, stored.attempt, stored.agent, stored.data)
+                if same == (event.type, event.step_id, event.attempt, event.agent, event.data):
+                    return engine.DUPLICATE
+            after = found[-1].seq
+        return engine.STALE
 
     def _implied_start(self, run_id: str, state: RunState, event: Event) -> list[Event]:
         """The start a result stands for, unless it is known already."""
@@ -741,12 +758,12 @@ class Coordinator:
     ) -> str:
         """A running step asks for the next message on a topic; answered now or on arrival."""
         state = self._states.get(run_id)
-        verdict = engine.judge(state, agent, key, attempt) if state else engine.STALE
-        if state is None or verdict != engine.ACCEPT:
-            log.warning(
-                "receive_rejected", run_id=run_id, step_id=key, agent=agent, verdict=verdict
-            )
-            return verdict
+        if state is None:
+            known = await self.store.get_run(run_id) is not None
+            return engine.STALE if known else engine.FOREIGN
+        verdict = engine.judge(state, agent, key, attempt)
+        if verdict != engine.ACCEPT:
+            return verdict  # foreign ones are logged by the agent service, rate-limited
         waiting = self._receivers[run_id][topic]
         waiting[:] = [r for r in waiting if (r.key, r.attempt) != (key, attempt)]
         waiting.append(Receiver(agent, key, attempt, after_index))

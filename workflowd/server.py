@@ -369,7 +369,7 @@ class AgentService(rpc.AgentServiceServicer):
         }
         if step.WhichOneof("kind") == "receive":
             receive = step.receive
-            await self.coordinator.receive(
+            verdict = await self.coordinator.receive(
                 session.name,
                 ref.run_id,
                 ref.step_id,
@@ -377,6 +377,10 @@ class AgentService(rpc.AgentServiceServicer):
                 wire.clean_text(receive.topic, 200),
                 receive.after_index,
             )
+            if verdict == engine.FOREIGN:
+                self._rejected(session, "receive_rejected", **where, verdict=verdict)
+            elif verdict != engine.ACCEPT:
+                log.debug("receive_ignored", agent=session.name, **where, verdict=verdict)
             return
         try:
             event = step_event(ref, session.name, step)

@@ -177,6 +177,20 @@ def garbage(rng: random.Random) -> list[bytes]:
     return [message, bytes(rng.randrange(256) for _ in range(64))]
 
 
+def receive_flood(run_id: str, step_id: str, attempt: int, count: int) -> list[pb.AgentMessage]:
+    """`count` requests for messages on another agent's attempt and on no run at all,
+    in batches as large as allowed."""
+    asks = [
+        step(*target, receive=pb.ReceiveRequest(topic="forged", after_index=0)).step
+        for target in ((run_id, step_id, attempt), ("no-such-run", step_id, attempt))
+    ]
+    events = [asks[index % 2] for index in range(count)]
+    return [
+        pb.AgentMessage(steps=pb.StepEvents(events=events[at : at + MAX_PER_MESSAGE]))
+        for at in range(0, count, MAX_PER_MESSAGE)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--coordinator", required=True)
@@ -187,6 +201,10 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=0, dest="count")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--garbage", action="store_true")
+    parser.add_argument("--receive-flood", type=int, default=0)
+    parser.add_argument(
+        "--result", metavar="OUTPUTS_JSON", help="send only this result for the attempt"
+    )
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     parser.add_argument("--tls-ca")
@@ -195,6 +213,10 @@ def main() -> None:
     rng = random.Random(args.seed)  # noqa: S311 - reproducible fuzzing, not secrets
     target = (args.run_id, args.step_id, args.attempt)
     messages = forgeries(*target) + random_messages(rng, args.count, *target)
+    messages += receive_flood(*target, args.receive_flood)
+    if args.result is not None:
+        completed = pb.StepCompleted(outputs_json=args.result, path="run")
+        messages = [step(*target, completed=completed)]
     first = hello(args.name).SerializeToString()
     with _channel(args) as channel:
         report = _send(channel, first, [m.SerializeToString() for m in messages])

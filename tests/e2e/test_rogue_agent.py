@@ -116,6 +116,62 @@ def test_forgeries_batched_in_one_message_are_each_rejected(cluster: Cluster, wr
     ]
 
 
+def test_a_flood_of_requests_for_others_messages_is_refused_and_logged_sparingly(
+    cluster: Cluster, write_flow
+) -> None:
+    """Thousands of requests for messages on an attempt that is not the rogue's, or on
+    no run, deliver nothing, and only the first hundred of them are logged."""
+    run_id = start_honest_run(cluster, write_flow)
+
+    rogue(
+        cluster,
+        *("--name", "rogue", "--run-id", run_id, "--step-id", "slow"),
+        *("--receive-flood", "3000"),
+    )
+
+    assert_unaffected(cluster, run_id)
+    refused = [
+        e
+        for e in daemon_events(cluster)
+        if e.get("agent") == "rogue"
+        and e["event"] == "receive_rejected"
+        and e["run_id"] in (run_id, "no-such-run")
+    ]
+    assert {e["run_id"] for e in refused} == {run_id, "no-such-run"}
+    assert 0 < len(refused) <= 100 + 3000 // 1000
+
+
+def test_a_result_for_a_finished_run_is_a_quiet_duplicate_when_stored_and_stale_if_not(
+    cluster: Cluster, write_flow
+) -> None:
+    """After a run has finished, its agent may send a result again (its acknowledgement
+    was lost in a restart): the very result stored is a routine duplicate, not worth a
+    warning; any other result for it is stale, and warned of. Neither changes the run."""
+    run_id = start_honest_run(cluster, write_flow)
+    run = cluster.wait_run(run_id)
+    stored = run["steps"][0]["outputs"]
+    cluster.stop_agent("host-a")
+    where = ("--name", "host-a", "--run-id", run_id, "--step-id", "slow")
+
+    rogue(cluster, *where, "--result", json.dumps(stored))
+    rogue(cluster, *where, "--result", json.dumps({"slept_s": -1.0}))
+
+    warned = [
+        e
+        for e in daemon_events(cluster)
+        if e["event"] == "report_rejected" and e.get("run_id") == run_id
+    ]
+    assert [(e["verdict"], e["agent"], e["step_id"]) for e in warned] == [
+        ("stale", "host-a", "slow")
+    ]
+    assert cluster.wait_run(run_id) == run
+    history = cluster.history(run_id)
+    assert Counter(e["step_id"] for e in history if e["type"] == "step_succeeded") == {
+        "slow": 1,
+        "after": 1,
+    }
+
+
 def test_rogue_cannot_claim_the_coordinators_name(cluster: Cluster, write_flow) -> None:
     """The name of the coordinator's own steps is reserved: a hello claiming it is refused."""
     run_id = start_honest_run(cluster, write_flow)
