@@ -19,8 +19,8 @@ fsynced), so that a crash leaves the old journal or the new one.
 On start, a torn last record (a crash in the middle of a write, before the
 write was reported done) is cut off; a journal damaged elsewhere is set
 aside, keeping every record that can still be read, before the damage and
-after it. Result files of older
-agents (one file per write) are read and folded into the journal.
+after it. Result files of older agents (one file per write) are read and
+folded into the journal.
 """
 
 from __future__ import annotations
@@ -116,10 +116,11 @@ def read_journal(data: bytes) -> tuple[dict[AttemptKey, pb.AgentMessage], int]:
             # done), or zeros where the crash left the file longer than its data
             break
         end = at + _HEADER_BYTES + int.from_bytes(header[:4], "big")
+        whole = _whole_record(data, at)
         length_holds = zlib.crc32(header[:4]) == int.from_bytes(header[4:8], "big")
-        if length_holds and end >= len(data) and not _whole_record(data, at):
+        if not whole and length_holds and end >= len(data):
             break  # the last record, torn: its length was written, not all of its payload
-        if not (_whole_record(data, at) and _apply(held, data[at + _HEADER_BYTES : end])):
+        if not (whole and _apply(held, data[at + _HEADER_BYTES : end])):
             # damage: a length, a payload or a kind that is wrong. Read on from
             # the next record, if any: a record's two checksums do not hold by chance
             damaged_at = at if damaged_at is None else damaged_at
